@@ -1,0 +1,52 @@
+"""Convert the face-mask data set (Pascal VOC boxes) to COCO JSON, one file per fixed split.
+
+Example, from the repository root (these are the defaults)::
+
+    python datasets/prepare_facemask.py --src ../shared/data/facemask --out work_data/facemask
+
+writes ``work_data/facemask/{train,val,test}.json`` and links ``work_data/facemask/images`` to the
+source images. Categories are, in id order, ``with_mask`` (1), ``without_mask`` (2) and
+``mask_weared_incorrect`` (3); a box covers the face. The set has no masks: each box gets a derived mask
+(``--derived-mask ellipse``, the default, or ``box``), marked as derived in the JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:  # run as `python datasets/prepare_facemask.py` without install
+    sys.path.insert(0, str(REPO_ROOT))
+
+from datasets.converters import prepare_split_files  # noqa: E402
+from headseg.data import DERIVED_MASK_KINDS  # noqa: E402
+
+# Fixed order, so category ids never depend on which names a split happens to contain.
+CATEGORIES = ["with_mask", "without_mask", "mask_weared_incorrect"]
+DESCRIPTION = "Face Mask Detection (Kaggle, CC0), VOC boxes converted by datasets/prepare_facemask.py"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse command-line arguments; relative defaults are resolved against the repository root."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--src", type=Path, default=REPO_ROOT / "../shared/data/facemask",
+                        help="folder with images/, annotations/ and splits/ (default: ../shared/data/facemask)")
+    parser.add_argument("--out", type=Path, default=REPO_ROOT / "work_data/facemask",
+                        help="output folder for {train,val,test}.json (default: work_data/facemask)")
+    parser.add_argument("--derived-mask", choices=DERIVED_MASK_KINDS, default="ellipse",
+                        help="shape of the mask derived from each box (default: ellipse)")
+    return parser.parse_args(argv)
+
+
+def main(args: argparse.Namespace) -> dict[str, Path]:
+    """Write the split JSON files and return split name -> JSON path."""
+    return prepare_split_files(args.src, args.out, CATEGORIES, derived_mask=args.derived_mask,
+                               description=DESCRIPTION)
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    main(parse_args())

@@ -1,0 +1,252 @@
+"""Configuration: frozen dataclasses filled from YAML files and ``--set key=value`` overrides.
+
+Each stage has one top-level config (:class:`SegConfig`, :class:`ClsConfig`) made of small
+sections. Every field carries a comment saying why it has its default value. An unknown key,
+in a file or an override, is an error that names the closest valid keys.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+T = TypeVar("T")
+
+
+# ----------------------------------------------------------------------------- stage 1
+
+
+@dataclass(frozen=True)
+class SegDataConfig:
+    train_json: str = ""  # COCO file; images resolve against `image_root` or the JSON's folder
+    val_json: str = ""  # evaluated every epoch to keep the best checkpoint
+    image_root: str = ""  # empty: the folder holding each JSON file
+    class_agnostic: bool = True  # one `head` class; attire is stage 2's job
+    derived_mask: str = "ellipse"  # for box-only annotations: `ellipse` (inscribed) or `box`
+    workers: int = 2  # data-loading processes; the machines here have 2 cores
+
+
+@dataclass(frozen=True)
+class SegModelConfig:
+    arch: str = "mobilenet_v2_fpn"  # small and ImageNet-initialised; `resnet50_fpn` for accuracy
+    weights: str = "imagenet"  # `imagenet` (offline hub cache), `none`, or a local .pth file
+    min_size: int = 640  # short side; facemask photos are ~400 px with tiny faces, so upsample
+    max_size: int = 1066  # keeps 4:3 photos whole at min_size=640 (1066 = 640 * 5/3)
+    returned_layers: tuple[int, ...] = (2, 3, 4, 5)  # MobileNetV2 stages from stride 8: small heads
+    anchor_sizes: tuple[int, ...] = (16, 32, 64, 128, 256)  # one per FPN level, 16 px for tiny faces
+    aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)  # height/width; heads are near 1
+    fpn_channels: int = 128  # half torchvision's 256: the model ships in the wheel, AP barely moves
+    box_head_dim: int = 256  # torchvision uses 1024; one class needs far less
+    mask_head_layers: tuple[int, ...] = (128, 128)  # torchvision uses 4 x 256
+    trainable_backbone_layers: int = 3  # freeze the earliest ImageNet stages (faster on CPU)
+    rpn_pre_nms_top_n_test: int = 500  # torchvision 1000; heads per photo are few
+    rpn_post_nms_top_n_test: int = 300  # torchvision 1000; see docs/PERFORMANCE.md
+    box_detections_per_img: int = 100  # crowded scenes have dozens of heads
+    box_score_thresh: float = 0.05  # low, so COCO AP sees the whole precision/recall curve
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 12  # enough for the small shared sets to converge; see docs/RESULTS.md
+    batch_size: int = 4  # per process
+    optimizer: str = "sgd"  # `sgd` or `adamw`
+    lr: float = 0.02  # for batch 4 with SGD; scale linearly with the total batch
+    momentum: float = 0.9  # SGD only
+    weight_decay: float = 1e-4  # torchvision detection reference value
+    schedule: str = "cosine"  # `cosine` or `step`
+    milestones: tuple[float, ...] = (0.67, 0.89)  # `step` only: fractions of training (8/12, 11/12)
+    warmup_iters: int = 100  # linear warm-up, guards the first SGD steps of the fresh heads
+    clip_grad_norm: float = 10.0  # 0 disables; stops rare spikes from small batches
+    amp: bool = True  # mixed precision on CUDA only; ignored on the CPU
+    hflip: float = 0.5  # probability; heads are left/right symmetric
+    scale_jitter: tuple[float, float] = (0.75, 1.25)  # zoom range, boxes and masks follow
+    color_jitter: float = 0.2  # brightness/contrast/saturation strength
+    seed: int = 0  # seeds python, numpy and torch
+    max_iters: int = 0  # stop each epoch after this many steps (0: whole epoch); for smoke runs
+    log_every: int = 20  # steps between progress-bar loss updates
+    select_metric: str = "bbox/AP50"  # val metric that picks best.pt; the product's head goal
+
+
+@dataclass(frozen=True)
+class SegConfig:
+    data: SegDataConfig = field(default_factory=SegDataConfig)
+    model: SegModelConfig = field(default_factory=SegModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+# ----------------------------------------------------------------------------- stage 2
+
+
+@dataclass(frozen=True)
+class CropConfig:
+    padding: float = 0.15  # context around the box, as a fraction of its size on each side
+    fill: str = "constant"  # outside the mask: `constant`, `blur`, or `none` (plain box crop)
+    fill_value: int = 114  # grey; far from skin and hat colours alike
+    size: int = 128  # classifier input side; heads are small, 128 keeps the detail
+
+
+@dataclass(frozen=True)
+class ClsDataConfig:
+    train_index: str = ""  # crop index CSV written by tools/make_crops.py
+    val_index: str = ""  # chooses the best epoch (macro-F1)
+    balance: str = "sampler"  # `sampler`, `loss` (class weights) or `none`; facemask is 26:1
+    workers: int = 2
+
+
+@dataclass(frozen=True)
+class ClsModelConfig:
+    arch: str = "mobilenet_v2"  # any torchvision classifier; mobilenet_v2 has offline weights
+    weights: str = "imagenet"  # `imagenet`, `none`, or a local .pth file
+    head: str = "linear"  # `linear` or `mlp` (pool -> 256 -> 128 -> classes)
+    dropout: float = 0.2  # MobileNetV2's own value
+
+
+@dataclass(frozen=True)
+class ClsTrainConfig:
+    frozen_epochs: int = 3  # fit the new head on a frozen backbone first
+    epochs: int = 12  # total, frozen phase included
+    lr: float = 1e-4  # Adam, the usual transfer-learning rate
+    unfrozen_lr_factor: float = 0.1  # whole network at lr * this after the frozen phase
+    weight_decay: float = 1e-4
+    label_smoothing: float = 0.05  # labels are noisy (see data README)
+    patience: int = 4  # epochs without a better val macro-F1 before stopping
+    batch_size: int = 64
+    augment: bool = True  # flip, affine (shift/scale/rotate/shear), colour jitter, erasing
+    seed: int = 0
+    max_iters: int = 0  # steps per epoch cap (0: whole epoch); for smoke runs
+
+
+@dataclass(frozen=True)
+class ClsConfig:
+    data: ClsDataConfig = field(default_factory=ClsDataConfig)
+    model: ClsModelConfig = field(default_factory=ClsModelConfig)
+    crop: CropConfig = field(default_factory=CropConfig)
+    train: ClsTrainConfig = field(default_factory=ClsTrainConfig)
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _coerce(value: Any, annotation: Any, key: str) -> Any:
+    """Convert a YAML or command-line value to the field's declared type."""
+    if dataclasses.is_dataclass(annotation):
+        if not isinstance(value, dict):
+            raise ValueError(f"config key '{key}' expects a mapping, got {value!r}")
+        return from_dict(annotation, value, prefix=f"{key}.")
+    origin = typing.get_origin(annotation)
+    if origin is tuple:
+        if isinstance(value, str):
+            value = yaml.safe_load(f"[{value.strip('()[]')}]")
+        if not isinstance(value, (list, tuple)):
+            value = [value]
+        args = typing.get_args(annotation)
+        item_type = args[0] if args else Any
+        return tuple(_coerce(v, item_type, key) for v in value)
+    if annotation is bool:
+        if isinstance(value, str):
+            if value.lower() in ("1", "true", "yes", "on"):
+                return True
+            if value.lower() in ("0", "false", "no", "off"):
+                return False
+        if isinstance(value, bool):
+            return value
+        raise ValueError(f"config key '{key}' expects true or false, got {value!r}")
+    if annotation in (int, float, str):
+        try:
+            if annotation is int and isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return annotation(value)
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"config key '{key}' expects {annotation.__name__}, got {value!r}"
+            ) from None
+    return value
+
+
+def _unknown_key_error(key: str, valid: list[str]) -> ValueError:
+    close = difflib.get_close_matches(key.split(".")[-1], valid, n=3)
+    hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+    return ValueError(f"unknown config key '{key}'{hint} (valid here: {', '.join(valid)})")
+
+
+def from_dict(cls: type[T], values: dict[str, Any], prefix: str = "") -> T:
+    """Build the dataclass ``cls`` from a nested dict, rejecting unknown keys."""
+    types = _field_types(cls)
+    kwargs = {}
+    for key, value in values.items():
+        if key not in types:
+            raise _unknown_key_error(prefix + key, list(types))
+        kwargs[key] = _coerce(value, types[key], prefix + key)
+    return cls(**kwargs)
+
+
+def apply_overrides(config: T, overrides: list[str]) -> T:
+    """Return ``config`` with ``section.key=value`` overrides applied (values parsed as YAML)."""
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} is not of the form key=value, e.g. train.lr=0.01")
+        dotted, raw = item.split("=", 1)
+        value = yaml.safe_load(raw) if raw.strip() else ""
+        config = _replace_path(config, dotted.strip().split("."), value, dotted)
+    return config
+
+
+def _replace_path(node: Any, path: list[str], value: Any, dotted: str) -> Any:
+    types = _field_types(type(node))
+    head = path[0]
+    if head not in types:
+        raise _unknown_key_error(dotted, list(types))
+    if len(path) == 1:
+        return dataclasses.replace(node, **{head: _coerce(value, types[head], dotted)})
+    child = getattr(node, head)
+    if not dataclasses.is_dataclass(child):
+        raise ValueError(f"config key '{dotted}': '{head}' is a value, not a section")
+    return dataclasses.replace(node, **{head: _replace_path(child, path[1:], value, dotted)})
+
+
+def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] = ()) -> T:
+    """Load a config of type ``cls`` from a YAML file (optional) plus overrides.
+
+    Args:
+        cls: The config dataclass, e.g. :class:`SegConfig`.
+        path: YAML file with any subset of the fields; missing ones keep their defaults.
+        overrides: ``["train.lr=0.01", "model.min_size=512"]``.
+
+    Returns:
+        The frozen config.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: the file is not a YAML mapping, a key is unknown or a value has the wrong type.
+    """
+    values: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file {path} does not exist; see configs/ for examples")
+        try:
+            values = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ValueError(f"config file {path} is not valid YAML: {e}") from None
+        if not isinstance(values, dict):
+            raise ValueError(f"config file {path} must hold a mapping of sections, got {values!r}")
+    try:
+        config = from_dict(cls, values)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}" if path else str(e)) from None
+    return apply_overrides(config, list(overrides))
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """Plain nested dict of a config, for checkpoints and YAML dumps."""
+    return dataclasses.asdict(config)

@@ -1,0 +1,387 @@
+"""Stage 1: find every head and its mask with torchvision's Mask R-CNN.
+
+Builders (a plain dict, no registry), the training loop behind ``tools/train_seg.py``, and
+inference/evaluation helpers. Checkpoints carry their config and class names, so
+:func:`load_segmenter` rebuilds exactly the model and preprocessing that were trained.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torchvision
+from torch import nn
+from torchvision.models.detection import MaskRCNN
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.backbone_utils import BackboneWithFPN
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
+from torchvision.models.detection.rpn import RPNHead
+from torchvision.ops import FrozenBatchNorm2d
+from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
+from tqdm import tqdm
+
+from headseg.config import SegConfig, SegModelConfig, from_dict, to_dict
+from headseg.data import CocoHeads, HeadDataset, collate, load_coco, train_transforms
+from headseg.training import (
+    Distributed,
+    MetricsLog,
+    NonFiniteLossError,
+    check_output_dir,
+    default_device,
+    init_distributed,
+    load_checkpoint,
+    lr_lambda,
+    rng_state,
+    save_checkpoint,
+    seed_everything,
+    set_rng_state,
+)
+from headseg.weights import load_imagenet_state_dict, load_weights_file
+
+log = logging.getLogger(__name__)
+
+
+# ----------------------------------------------------------------------------- backbones
+
+
+def _load_backbone_weights(net: nn.Module, arch: str, weights: str) -> None:
+    if weights == "none":
+        return
+    state = load_imagenet_state_dict(arch) if weights == "imagenet" else load_weights_file(weights)
+    missing, unexpected = net.load_state_dict(state, strict=False)
+    dropped = [k for k in unexpected]
+    if dropped:
+        log.info("backbone weights: dropped %d keys not in the backbone (%s ...)", len(dropped), dropped[:3])
+    if missing:
+        raise ValueError(f"backbone weights {weights!r} lack {len(missing)} keys, e.g. {missing[:3]}; "
+                         f"is it a {arch} state dict?")
+
+
+def _freeze_before(modules: Sequence[nn.Module], first_trainable: int) -> None:
+    for i, m in enumerate(modules):
+        if i < first_trainable:
+            m.requires_grad_(False)
+
+
+def mobilenet_v2_fpn(cfg: SegModelConfig) -> tuple[BackboneWithFPN, int]:
+    """MobileNetV2 features (ImageNet-initialised by default) under an FPN.
+
+    MobileNetV2's stages start at its stride-2 blocks; ``returned_layers`` picks stages as
+    torchvision's ``_mobilenet_extractor`` counts them (0 = stem, 5 = last conv), and the
+    default (2..5) starts at stride 8 so that heads of 10-20 px still land on a fine level.
+    """
+    net = torchvision.models.mobilenet_v2(weights=None, norm_layer=FrozenBatchNorm2d)
+    _load_backbone_weights(net, "mobilenet_v2", cfg.weights)
+    features = net.features
+    stages = [0] + [i for i, b in enumerate(features) if getattr(b, "_is_cn", False)] + [len(features) - 1]
+    returned = cfg.returned_layers or (2, 3, 4, 5)
+    if not 0 <= cfg.trainable_backbone_layers <= len(stages):
+        raise ValueError(f"model.trainable_backbone_layers={cfg.trainable_backbone_layers}; "
+                         f"expected 0..{len(stages)} for mobilenet_v2")
+    first_trainable = stages[len(stages) - cfg.trainable_backbone_layers] \
+        if cfg.trainable_backbone_layers else len(features)
+    _freeze_before(features, first_trainable)
+    return_layers = {str(stages[k]): str(v) for v, k in enumerate(returned)}
+    in_channels = [features[stages[k]].out_channels for k in returned]
+    body = BackboneWithFPN(features, return_layers, in_channels, cfg.fpn_channels,
+                           extra_blocks=LastLevelMaxPool())
+    return body, len(returned) + 1
+
+
+def resnet50_fpn(cfg: SegModelConfig) -> tuple[BackboneWithFPN, int]:
+    """torchvision's ResNet-50 under an FPN; random init or a local ImageNet weights file."""
+    if cfg.weights == "imagenet":
+        raise ValueError("no offline ImageNet weights ship for resnet50; pass a local file with "
+                         "--set model.weights=/path/to/resnet50.pth, or model.weights=none")
+    net = torchvision.models.resnet50(weights=None, norm_layer=FrozenBatchNorm2d)
+    _load_backbone_weights(net, "resnet50", cfg.weights)
+    layers = [nn.Sequential(net.conv1, net.bn1), net.layer1, net.layer2, net.layer3, net.layer4]
+    trainable = cfg.trainable_backbone_layers
+    if not 0 <= trainable <= 5:
+        raise ValueError(f"model.trainable_backbone_layers={trainable}; expected 0..5 for resnet50")
+    _freeze_before(layers, 5 - trainable)
+    returned = cfg.returned_layers or (1, 2, 3, 4)
+    return_layers = {f"layer{k}": str(v) for v, k in enumerate(returned)}
+    in_channels = [256 * 2 ** (k - 1) for k in returned]
+    body = BackboneWithFPN(net, return_layers, in_channels, cfg.fpn_channels,
+                           extra_blocks=LastLevelMaxPool())
+    return body, len(returned) + 1
+
+
+BACKBONES: dict[str, Callable[[SegModelConfig], tuple[BackboneWithFPN, int]]] = {
+    "mobilenet_v2_fpn": mobilenet_v2_fpn,
+    "resnet50_fpn": resnet50_fpn,
+}
+
+
+def build_segmenter(cfg: SegModelConfig, num_classes: int) -> MaskRCNN:
+    """A torchvision Mask R-CNN with headseg's backbone and head sizes.
+
+    Args:
+        cfg: Model section of the config.
+        num_classes: Object classes *without* background (1 for class-agnostic heads).
+
+    Returns:
+        An untrained-head :class:`~torchvision.models.detection.MaskRCNN`.
+    """
+    if cfg.arch not in BACKBONES:
+        raise ValueError(f"model.arch={cfg.arch!r} is not one of {sorted(BACKBONES)}")
+    backbone, levels = BACKBONES[cfg.arch](cfg)
+    if len(cfg.anchor_sizes) != levels:
+        raise ValueError(f"model.anchor_sizes has {len(cfg.anchor_sizes)} sizes but the backbone gives "
+                         f"{levels} feature levels; give one size per level")
+    anchors = AnchorGenerator(tuple((s,) for s in cfg.anchor_sizes),
+                              (tuple(cfg.aspect_ratios),) * levels)
+    ch = cfg.fpn_channels
+    mask_layers = tuple(cfg.mask_head_layers)
+    return MaskRCNN(
+        backbone,
+        num_classes=None,
+        min_size=cfg.min_size,
+        max_size=cfg.max_size,
+        rpn_anchor_generator=anchors,
+        rpn_head=RPNHead(ch, anchors.num_anchors_per_location()[0]),
+        rpn_pre_nms_top_n_test=cfg.rpn_pre_nms_top_n_test,
+        rpn_post_nms_top_n_test=cfg.rpn_post_nms_top_n_test,
+        box_head=TwoMLPHead(ch * 7 * 7, cfg.box_head_dim),
+        box_predictor=FastRCNNPredictor(cfg.box_head_dim, num_classes + 1),
+        box_score_thresh=cfg.box_score_thresh,
+        box_detections_per_img=cfg.box_detections_per_img,
+        mask_head=MaskRCNNHeads(ch, mask_layers, dilation=1),
+        mask_predictor=MaskRCNNPredictor(mask_layers[-1], mask_layers[-1], num_classes + 1),
+    )
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def segmenter_checkpoint(model: nn.Module, cfg: SegConfig, class_names: list[str],
+                         **extra: Any) -> dict[str, Any]:
+    """The dict saved to disk: weights plus everything needed to rebuild and preprocess."""
+    return {"kind": "headseg-segmenter", "version": 1, "model": model.state_dict(),
+            "config": to_dict(cfg), "class_names": list(class_names), **extra}
+
+
+def load_segmenter(path: str | Path, device: str | torch.device = "cpu",
+                   **model_overrides: Any) -> tuple[MaskRCNN, SegConfig, list[str]]:
+    """Rebuild a trained segmenter from its checkpoint alone.
+
+    Args:
+        path: ``best.pt`` / ``last.pt`` from ``tools/train_seg.py`` (or a shipped fp16 file).
+        device: Where to put the model.
+        model_overrides: Inference-time model fields to change, e.g. ``box_score_thresh=0.5``.
+
+    Returns:
+        ``(model in eval mode, config, class names)``.
+    """
+    state = load_checkpoint(path, "segmenter")
+    cfg = from_dict(SegConfig, state["config"])
+    if model_overrides:
+        cfg = from_dict(SegConfig, {**state["config"],
+                                    "model": {**state["config"]["model"], **model_overrides}})
+    # The backbone's ImageNet weights are replaced by the checkpoint's: never load them here.
+    model = build_segmenter(from_dict(SegModelConfig, {**to_dict(cfg.model), "weights": "none"}),
+                            len(state["class_names"]))
+    model.load_state_dict({k: v.float() for k, v in state["model"].items()})
+    return model.eval().to(device), cfg, state["class_names"]
+
+
+# ----------------------------------------------------------------------------- inference
+
+
+@torch.inference_mode()
+def predict_dataset(model: MaskRCNN, dataset: HeadDataset, device: torch.device,
+                    batch_size: int = 2, category_ids: Sequence[int] | None = None,
+                    progress: bool = True) -> list[dict[str, Any]]:
+    """COCO results (bbox and RLE segm) of ``model`` on every image of ``dataset``.
+
+    Args:
+        category_ids: COCO category id of each model label 1..K; default: the label itself.
+    """
+    from headseg.evaluation import to_coco_results  # noqa: PLC0415 (evaluation imports torch only)
+
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False,
+                                         num_workers=0, collate_fn=collate)
+    model.eval()
+    results: list[dict[str, Any]] = []
+    for images, targets in tqdm(loader, desc="predict", disable=not progress, leave=False):
+        outputs = model([im.to(device) for im in images])
+        for out, tgt in zip(outputs, targets):
+            labels = out["labels"].cpu().numpy()
+            cats = labels if category_ids is None else np.asarray(category_ids)[labels - 1]
+            masks = (out["masks"][:, 0] > 0.5).cpu().numpy()
+            results += to_coco_results(tgt["image_id"], out["boxes"].cpu().numpy(),
+                                       out["scores"].cpu().numpy(), cats, masks)
+    return results
+
+
+def evaluate_segmenter(model: MaskRCNN, coco: CocoHeads, device: torch.device,
+                       class_agnostic: bool = True, derived_mask: str = "ellipse",
+                       progress: bool = True) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    """COCO bbox and segm metrics of ``model`` on ``coco`` and the raw results."""
+    from headseg.evaluation import coco_evaluate  # noqa: PLC0415
+
+    dataset = HeadDataset(coco, class_agnostic=class_agnostic, derived_mask=derived_mask)
+    cat_ids = None if class_agnostic else sorted(coco.categories)
+    results = predict_dataset(model, dataset, device, category_ids=cat_ids, progress=progress)
+    metrics = coco_evaluate(coco.dataset, results, ("bbox", "segm"), class_agnostic=class_agnostic)
+    return metrics, results
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def _set_param_groups(model: nn.Module, cfg: SegConfig) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    t = cfg.train
+    if t.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+    if t.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
+    raise ValueError(f"train.optimizer={t.optimizer!r} is not one of sgd, adamw")
+
+
+def train_segmenter(cfg: SegConfig, out_dir: str | Path, resume: bool = False,
+                    device: str | torch.device | None = None, progress: bool = True) -> dict[str, Any]:
+    """Train a head segmenter; the loop behind ``tools/train_seg.py``.
+
+    Writes to ``out_dir``: ``last.pt`` (every epoch, atomically, with optimizer state for
+    ``--resume``), ``best.pt`` (best val ``train.select_metric``), ``metrics.csv``,
+    ``curves.png`` and ``config.yaml``. Under ``torchrun`` it trains data-parallel (DDP).
+
+    Returns:
+        ``{"best": best metric value, "epochs": epochs run, "out_dir": Path, "last": metrics}``.
+
+    Raises:
+        NonFiniteLossError: the loss became NaN/inf; the message names epoch and step.
+    """
+    import yaml  # noqa: PLC0415
+
+    d = init_distributed()
+    out_dir = Path(out_dir)
+    if d.is_main:
+        check_output_dir(out_dir)
+    device = torch.device(device) if device else default_device(d)
+    t = cfg.train
+    seed_everything(t.seed)
+    train_coco = load_coco(cfg.data.train_json, cfg.data.image_root or None)
+    val_coco = load_coco(cfg.data.val_json, cfg.data.image_root or None) if cfg.data.val_json else None
+    class_names = ["head"] if cfg.data.class_agnostic else train_coco.class_names
+    dataset = HeadDataset(train_coco, train_transforms(t.hflip, t.scale_jitter, t.color_jitter),
+                          cfg.data.class_agnostic, cfg.data.derived_mask)
+    if len(dataset) == 0:
+        raise ValueError(f"{cfg.data.train_json} has no images to train on")
+
+    model = build_segmenter(cfg.model, len(class_names)).to(device)
+    optimizer = _set_param_groups(model, cfg)
+    steps_per_epoch = -(-len(dataset) // (t.batch_size * d.world_size))
+    if t.max_iters:
+        steps_per_epoch = min(steps_per_epoch, t.max_iters)
+    total = steps_per_epoch * t.epochs
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lr_lambda(total, t.warmup_iters, t.schedule, t.milestones))
+    use_amp = t.amp and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+
+    start_epoch, best = 0, -1.0
+    metrics_log = MetricsLog(out_dir, ("bbox/AP50", "bbox/AP", "segm/AP50", "segm/AP"))
+    last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
+    if resume and last_path.is_file():
+        state = load_checkpoint(last_path, "segmenter")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        start_epoch, best = state["epoch"] + 1, state["best"]
+        set_rng_state(state["rng"])
+        metrics_log.truncate(start_epoch)
+        log.info("resumed from %s at epoch %d", last_path, start_epoch)
+    elif resume:
+        log.warning("--resume: no %s yet, starting from scratch", last_path)
+    if d.is_main:
+        (out_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+    train_model: nn.Module = model
+    if d.enabled:
+        train_model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    last_metrics: dict[str, float] = {}
+    for epoch in range(start_epoch, t.epochs):
+        # Data order and augmentation depend only on (seed, epoch): a resumed run sees the same.
+        torch.manual_seed(t.seed * 1000 + epoch)
+        generator = torch.Generator().manual_seed(t.seed * 1000 + epoch)
+        if d.enabled:
+            sampler = torch.utils.data.DistributedSampler(dataset, d.world_size, d.rank, seed=t.seed)
+            sampler.set_epoch(epoch)
+        else:
+            sampler = torch.utils.data.RandomSampler(dataset, generator=generator)
+        loader = torch.utils.data.DataLoader(
+            dataset, batch_size=t.batch_size, sampler=sampler, num_workers=cfg.data.workers,
+            collate_fn=collate, generator=generator, persistent_workers=False)
+        train_model.train()
+        sums: dict[str, float] = {}
+        steps, t0 = 0, time.time()
+        bar = tqdm(loader, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{t.epochs}",
+                   disable=not (progress and d.is_main))
+        for step, (images, targets) in enumerate(bar):
+            if step >= steps_per_epoch:
+                break
+            images = [im.to(device) for im in images]
+            targets = [{k: (v.to(device) if torch.is_tensor(v) else v) for k, v in tgt.items()}
+                       for tgt in targets]
+            with torch.autocast(device.type, enabled=use_amp):
+                losses = train_model(images, targets)
+            loss = sum(losses.values())
+            if not torch.isfinite(loss):
+                raise NonFiniteLossError(
+                    f"loss became {loss.item()} at epoch {epoch + 1}, step {step + 1} "
+                    f"({ {k: round(v.item(), 4) for k, v in losses.items()} }); the last good "
+                    f"checkpoint is {last_path if last_path.is_file() else 'none yet'}. "
+                    "Lower train.lr or raise train.warmup_iters.")
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if t.clip_grad_norm > 0:
+                scaler.unscale_(optimizer)
+                nn.utils.clip_grad_norm_(model.parameters(), t.clip_grad_norm)
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            steps += 1
+            sums["loss"] = sums.get("loss", 0.0) + loss.item()
+            for k, v in losses.items():
+                sums[k.replace("loss_", "loss/")] = sums.get(k.replace("loss_", "loss/"), 0.0) + v.item()
+            if step % t.log_every == 0:
+                bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{scheduler.get_last_lr()[0]:.4g}")
+        bar.close()
+
+        row = {"epoch": epoch, "lr": scheduler.get_last_lr()[0], "epoch_seconds": time.time() - t0,
+               "images_per_second": steps * t.batch_size * d.world_size / max(time.time() - t0, 1e-9),
+               **{k: v / max(steps, 1) for k, v in sums.items()}}
+        if d.is_main:
+            if val_coco is not None:
+                last_metrics, _ = evaluate_segmenter(model, val_coco, device, cfg.data.class_agnostic,
+                                                     cfg.data.derived_mask, progress)
+                row.update({k: v for k, v in last_metrics.items() if k.count("/") == 1})
+            score = last_metrics.get(t.select_metric, -row["loss"]) if val_coco else -row["loss"]
+            improved = score > best
+            best = max(best, score) if improved else best
+            extra = {"epoch": epoch, "best": best, "metrics": last_metrics,
+                     "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                     "scaler": scaler.state_dict(), "rng": rng_state()}
+            ckpt = segmenter_checkpoint(model, cfg, class_names, **extra)
+            if improved:
+                save_checkpoint(best_path, {k: v for k, v in ckpt.items()
+                                            if k not in ("optimizer", "scheduler", "scaler", "rng")})
+            save_checkpoint(last_path, ckpt)
+            metrics_log.append(row)
+            log.info("epoch %d: %s", epoch + 1, {k: round(v, 4) for k, v in row.items()})
+        d.barrier()
+    return {"best": best, "epochs": t.epochs, "out_dir": out_dir, "last": last_metrics}

@@ -1,0 +1,30 @@
+"""headseg: head segmentation and head-attire classification on torchvision's Mask R-CNN."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="headseg",
+    version="0.1.0",
+    description="Find every head in a photo, segment it, and tell what it wears.",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=find_packages(include=["headseg", "headseg.*"]),
+    package_data={"headseg": ["assets/*.pt", "assets/*.json"]},
+    install_requires=[
+        # Mask R-CNN, MobileNetV2 and transforms.v2 (box/mask-aware augmentation) as used here.
+        "torch>=2.1",
+        "torchvision>=0.16",
+        "pycocotools>=2.0.7",
+        "opencv-python-headless>=4.8",
+        "numpy>=1.24",
+        "Pillow>=9.5",
+        "PyYAML>=6.0",
+        "tqdm>=4.64",
+        "matplotlib>=3.7",
+    ],
+    extras_require={
+        "dev": ["pytest>=7.4", "hypothesis>=6.80", "onnx>=1.14"],
+    },
+)

@@ -1,0 +1,41 @@
+"""Shared fixtures. No test may reach the network: download functions are made to fail loudly."""
+
+from __future__ import annotations
+
+import socket
+import urllib.request
+
+import pytest
+import torch
+
+
+class NetworkAccessError(RuntimeError):
+    """Raised when a test reaches a function that would download something."""
+
+
+def _refuse(*args, **kwargs):
+    raise NetworkAccessError(
+        f"a test tried to download {args[:1]!r}; tests must run offline (weights belong in the hub cache)"
+    )
+
+
+@pytest.fixture(autouse=True)
+def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.hub, "download_url_to_file", _refuse)
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", _refuse)
+    monkeypatch.setattr(urllib.request, "urlopen", _refuse)
+    real_connect = socket.socket.connect
+
+    def connect(sock: socket.socket, address) -> None:
+        host = address[0] if isinstance(address, tuple) else address
+        if isinstance(host, str) and not host.startswith(("127.", "localhost", "::1", "/")):
+            _refuse(address)
+        return real_connect(sock, address)
+
+    monkeypatch.setattr(socket.socket, "connect", connect)
+
+
+@pytest.fixture(autouse=True)
+def deterministic() -> None:
+    torch.manual_seed(0)
+    torch.set_num_threads(2)
