@@ -1,0 +1,704 @@
+"""Numbers out: COCO detection/segmentation metrics (through pycocotools) and attire metrics.
+
+Stage 1 (heads) is scored the COCO way by wrapping ``pycocotools.cocoeval.COCOeval``; this
+module only prepares its inputs (copies, defaults, validation with readable errors) and
+flattens its outputs into ``dict[str, float]``. Nothing of pycocotools is re-implemented
+except reading per-category numbers out of ``COCOeval.eval['precision']``.
+
+Stage 2 (attire classes) is scored with pure numpy: a confusion matrix and the metrics derived
+from it, plus a PNG and a CSV of the matrix for reports.
+
+Box formats: arrays handed in by the model are ``xyxy`` (x0, y0, x1, y1) in pixels; COCO records
+(ground truth and results) are ``xywh`` (x, y, width, height) in pixels.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import csv
+import difflib
+import io
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from pycocotools import mask as mask_utils
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+from headseg.io import atomic_write, write_text
+
+if TYPE_CHECKING:
+    import torch
+
+logger = logging.getLogger(__name__)
+
+IOU_TYPES = ("bbox", "segm")
+# Names of ``COCOeval.stats`` entries, in pycocotools' order. ``AR100`` is the recall at the
+# last ``maxDets`` entry and is renamed ``AR{max_dets}`` when that is raised.
+STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
+AGNOSTIC_CATEGORY = {"id": 1, "name": "head"}
+
+# ----------------------------------------------------------------------------- COCO results
+
+
+def _to_numpy(x: np.ndarray | torch.Tensor | Sequence[Any], name: str) -> np.ndarray:
+    if hasattr(x, "detach"):  # a torch.Tensor, without importing torch for numpy callers
+        return x.detach().cpu().numpy()
+    if isinstance(x, np.ndarray):
+        return x
+    try:
+        return np.asarray(x)
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"{name} must be a numpy array or torch tensor; received {type(x).__name__} ({e})") from None
+
+
+def to_coco_results(
+    image_id: int,
+    boxes_xyxy: np.ndarray | torch.Tensor,
+    scores: np.ndarray | torch.Tensor,
+    category_ids: np.ndarray | torch.Tensor,
+    masks: np.ndarray | torch.Tensor | None = None,
+) -> list[dict[str, Any]]:
+    """Turn one image's detections into COCO results records (JSON-serialisable).
+
+    Args:
+        image_id: The image's ``id`` in the ground-truth COCO file.
+        boxes_xyxy: ``(N, 4)`` float boxes, ``xyxy`` in pixels.
+        scores: ``(N,)`` confidences in ``[0, 1]``.
+        category_ids: ``(N,)`` integer COCO category ids.
+        masks: ``None`` (boxes only) or ``(N, H, W)`` / ``(N, 1, H, W)`` binary masks, bool or
+            integer dtype, at the image's full resolution. Mask R-CNN's float probabilities
+            must be thresholded first (``masks > 0.5``) so the threshold is the caller's choice.
+
+    Returns:
+        ``N`` records ``{"image_id", "category_id", "bbox", "score"}``, ``bbox`` as ``xywh``
+        Python floats, plus ``"segmentation"`` (compressed RLE whose ``counts`` is a ``str``)
+        when ``masks`` is given. An empty list when ``N == 0``.
+
+    Raises:
+        ValueError: shapes disagree.
+        TypeError: masks are float.
+    """
+    boxes = _to_numpy(boxes_xyxy, "boxes_xyxy").astype(np.float64, copy=False)
+    scores_np = _to_numpy(scores, "scores").astype(np.float64, copy=False).reshape(-1)
+    cats = _to_numpy(category_ids, "category_ids").reshape(-1)
+    if boxes.size == 0:
+        boxes = boxes.reshape(0, 4)
+    if boxes.ndim != 2 or boxes.shape[1] != 4:
+        raise ValueError(f"boxes_xyxy must have shape (N, 4); received {tuple(boxes.shape)}")
+    n = boxes.shape[0]
+    if len(scores_np) != n or len(cats) != n:
+        raise ValueError(
+            f"boxes_xyxy, scores and category_ids must have the same length N; received "
+            f"{n}, {len(scores_np)} and {len(cats)}"
+        )
+    if n and not np.all(np.equal(np.mod(cats, 1), 0)):
+        raise ValueError(f"category_ids must be integers; received {cats.tolist()[:10]}")
+    masks_np: np.ndarray | None = None
+    if masks is not None:
+        masks_np = _to_numpy(masks, "masks")
+        if masks_np.ndim == 4 and masks_np.shape[1] == 1:
+            masks_np = masks_np[:, 0]
+        if masks_np.ndim != 3 or masks_np.shape[0] != n:
+            raise ValueError(
+                f"masks must have shape (N, H, W) or (N, 1, H, W) with N={n}; received {tuple(masks_np.shape)}"
+            )
+        if masks_np.dtype.kind == "f":
+            raise TypeError(
+                f"masks must be binary (bool or integer); received {masks_np.dtype} values. "
+                "Threshold probabilities first, e.g. masks > 0.5"
+            )
+
+    xywh = boxes.copy()
+    xywh[:, 2:] -= xywh[:, :2]
+    records: list[dict[str, Any]] = []
+    for i in range(n):
+        record: dict[str, Any] = {
+            "image_id": int(image_id),
+            "category_id": int(cats[i]),
+            "bbox": [float(v) for v in xywh[i]],
+            "score": float(scores_np[i]),
+        }
+        if masks_np is not None:
+            rle = mask_utils.encode(np.asfortranarray((masks_np[i] != 0).astype(np.uint8)))
+            rle["counts"] = rle["counts"].decode("ascii")
+            record["segmentation"] = rle
+        records.append(record)
+    return records
+
+
+# ----------------------------------------------------------------------------- ground truth
+
+
+def _load_gt_dataset(gt: COCO | str | Path | Mapping[str, Any]) -> dict[str, Any]:
+    """A deep copy of the ground-truth dataset dict: pycocotools rewrites annotations in place."""
+    if isinstance(gt, COCO):
+        return copy.deepcopy(gt.dataset)
+    if isinstance(gt, (str, Path)):
+        path = Path(gt)
+        if not path.is_file():
+            raise FileNotFoundError(f"ground-truth COCO file {path} does not exist")
+        try:
+            with path.open() as f:
+                data = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"ground-truth COCO file {path} is not valid JSON ({e})") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"ground-truth COCO file {path} holds a {type(data).__name__}; expected a JSON object")
+        return data
+    if isinstance(gt, Mapping):
+        return copy.deepcopy(dict(gt))
+    raise TypeError(
+        f"gt must be a pycocotools COCO object, a path to a COCO JSON file or a COCO dict; "
+        f"received {type(gt).__name__}"
+    )
+
+
+def _ann_rle(seg: Any, height: int, width: int) -> dict[str, Any]:
+    """Compressed RLE of a COCO segmentation (polygons, uncompressed or compressed RLE)."""
+    if isinstance(seg, list):
+        return mask_utils.merge(mask_utils.frPyObjects(seg, height, width))
+    if isinstance(seg, dict) and isinstance(seg.get("counts"), list):
+        return mask_utils.frPyObjects(seg, height, width)
+    return seg
+
+
+def _prepare_gt(data: dict[str, Any], iou_types: Sequence[str], class_agnostic: bool) -> dict[str, Any]:
+    """Validate and fill COCOeval's required fields (``iscrowd``, ``area``, ``bbox``) in place."""
+    for key in ("images", "categories"):
+        if not isinstance(data.get(key), list):
+            raise ValueError(
+                f"ground truth has no '{key}' list (keys: {sorted(data)}); a COCO file needs "
+                "'images', 'annotations' and 'categories'"
+            )
+    data.setdefault("annotations", [])
+    images = {img["id"]: img for img in data["images"]}
+    cat_ids = {c["id"] for c in data["categories"]}
+    bad_img = [a.get("id") for a in data["annotations"] if a.get("image_id") not in images]
+    if bad_img:
+        raise ValueError(f"ground-truth annotations {bad_img[:10]} refer to image ids missing from 'images'")
+    bad_cat = [a.get("id") for a in data["annotations"] if a.get("category_id") not in cat_ids]
+    if bad_cat:
+        raise ValueError(
+            f"ground-truth annotations {bad_cat[:10]} have a category_id that does not exist in "
+            f"'categories' (ids {sorted(cat_ids)})"
+        )
+    if "segm" in iou_types:
+        no_mask = [a.get("id") for a in data["annotations"] if not a.get("segmentation")]
+        if no_mask:
+            raise ValueError(
+                f"segm evaluation needs a mask for every ground-truth annotation; annotations "
+                f"{no_mask[:10]} have no 'segmentation'. Derive masks from boxes "
+                "(headseg.data.box_to_polygon) or evaluate with iou_types=('bbox',)"
+            )
+    for ann in data["annotations"]:
+        ann.setdefault("iscrowd", 0)
+        seg = ann.get("segmentation")
+        img = images[ann["image_id"]]
+        rle = None
+        if seg and ("bbox" not in ann or "area" not in ann):
+            rle = _ann_rle(seg, img["height"], img["width"])
+        if "bbox" not in ann:
+            if rle is None:
+                raise ValueError(f"ground-truth annotation {ann.get('id')} has neither 'bbox' nor 'segmentation'")
+            ann["bbox"] = mask_utils.toBbox(rle).tolist()
+        if "area" not in ann:
+            ann["area"] = float(mask_utils.area(rle)) if rle is not None else float(ann["bbox"][2] * ann["bbox"][3])
+    if class_agnostic:
+        data["categories"] = [dict(AGNOSTIC_CATEGORY)]
+        for ann in data["annotations"]:
+            ann["category_id"] = AGNOSTIC_CATEGORY["id"]
+    return data
+
+
+def _make_coco(data: dict[str, Any]) -> COCO:
+    """A pycocotools COCO object over ``data`` without writing a file, its prints silenced."""
+    coco = COCO()
+    coco.dataset = data
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+    return coco
+
+
+def has_derived_masks(gt: COCO | str | Path | Mapping[str, Any]) -> bool:
+    """Whether the ground-truth masks were derived from boxes rather than drawn.
+
+    True when ``info.derived_masks`` is a non-empty string (e.g. ``"ellipse"``) or any
+    annotation carries a ``derived_mask`` key (not ``None``/``False``).
+    """
+    return _derived(gt.dataset if isinstance(gt, COCO) else _load_gt_dataset(gt))
+
+
+def _derived(data: Mapping[str, Any]) -> bool:
+    info = data.get("info") or {}
+    if isinstance(info, Mapping) and info.get("derived_masks"):
+        return True
+    return any(a.get("derived_mask") not in (None, False) for a in data.get("annotations", []) if "derived_mask" in a)
+
+
+# ----------------------------------------------------------------------------- results
+
+
+def _check_results(results: Sequence[Mapping[str, Any]], images: Mapping[int, Any], cat_ids: set[int],
+                   class_agnostic: bool) -> None:
+    if isinstance(results, (str, bytes, Mapping)) or not isinstance(results, Sequence):
+        raise TypeError(
+            f"results must be a list of COCO result dicts (see to_coco_results); received {type(results).__name__}"
+        )
+    for i, r in enumerate(results):
+        if not isinstance(r, Mapping):
+            raise TypeError(f"results[{i}] is a {type(r).__name__}; expected a dict with image_id, category_id, score")
+        missing = [k for k in ("image_id", "category_id", "score") if k not in r]
+        if missing:
+            raise ValueError(f"results[{i}] lacks {missing}; each record needs image_id, category_id and score")
+    unknown_imgs = sorted({r["image_id"] for r in results} - set(images))
+    if unknown_imgs:
+        raise ValueError(
+            f"results refer to image ids {unknown_imgs[:10]}{' ...' if len(unknown_imgs) > 10 else ''} "
+            f"that are not in the ground truth ({len(images)} images); evaluate against the COCO file "
+            "the predictions were made for"
+        )
+    if not class_agnostic:
+        unknown_cats = sorted({r["category_id"] for r in results} - cat_ids)
+        if unknown_cats:
+            raise ValueError(
+                f"results use category ids {unknown_cats[:10]} that are not in the ground truth "
+                f"categories {sorted(cat_ids)}; pass class_agnostic=True to ignore categories"
+            )
+
+
+def _results_for(results: Sequence[Mapping[str, Any]], iou_type: str, images: Mapping[int, Any],
+                 class_agnostic: bool) -> list[dict[str, Any]]:
+    """Copies of ``results`` shaped for one ``iou_type`` (pycocotools' loadRes mutates them)."""
+    out: list[dict[str, Any]] = []
+    for i, r in enumerate(results):
+        rec = {"image_id": r["image_id"], "category_id": r["category_id"], "score": float(r["score"])}
+        if class_agnostic:
+            rec["category_id"] = AGNOSTIC_CATEGORY["id"]
+        if iou_type == "bbox":
+            bbox = r.get("bbox")
+            if bbox is None or len(bbox) != 4:
+                raise ValueError(
+                    f"bbox evaluation needs a 4-number 'bbox' (xywh) in every result; results[{i}] has "
+                    f"{bbox!r}. Build records with to_coco_results or drop 'bbox' from iou_types"
+                )
+            rec["bbox"] = [float(v) for v in bbox]
+        else:
+            seg = r.get("segmentation")
+            if not seg:
+                raise ValueError(
+                    f"segm evaluation needs a 'segmentation' (RLE) in every result; results[{i}] "
+                    f"(image {r['image_id']}) has none. Pass masks to to_coco_results or use iou_types=('bbox',)"
+                )
+            img = images[r["image_id"]]
+            # No 'bbox' on purpose: with one, loadRes takes the box area as the instance area,
+            # which would sort masks into the wrong small/medium/large bucket.
+            rec["segmentation"] = _ann_rle(copy.deepcopy(seg), img["height"], img["width"])
+        out.append(rec)
+    return out
+
+
+# ----------------------------------------------------------------------------- COCO evaluation
+
+
+def _mean_valid(values: np.ndarray) -> float:
+    """Mean over entries > -1 (pycocotools marks 'no ground truth' with -1); -1.0 if none."""
+    valid = values[values > -1]
+    return float(np.mean(valid)) if valid.size else -1.0
+
+
+def _category_keys(categories: Sequence[Mapping[str, Any]]) -> dict[int, str]:
+    """Category id -> name used in metric keys; repeated names get ``#id`` so keys stay unique."""
+    names = [str(c.get("name", c["id"])) for c in categories]
+    return {c["id"]: (n if names.count(n) == 1 else f"{n}#{c['id']}") for c, n in zip(categories, names)}
+
+
+def coco_evaluate(
+    gt: COCO | str | Path | Mapping[str, Any],
+    results: Sequence[Mapping[str, Any]],
+    iou_types: Sequence[str] = IOU_TYPES,
+    class_agnostic: bool = False,
+    per_category: bool = True,
+    verbose: bool = False,
+    max_dets: int = 100,
+) -> dict[str, float]:
+    """COCO AP/AR of detection results, by pycocotools' ``COCOeval``.
+
+    The ground truth is deep-copied (pycocotools rewrites annotations in place); missing
+    ``iscrowd`` (0), ``area`` and ``bbox`` fields are filled from the masks or boxes. Images
+    without annotations take part in the evaluation: detections on them are false positives.
+
+    Empty ``results`` (or none of a kind) are evaluated against an empty detection set instead
+    of going through ``loadRes`` (which fails on ``[]``): AP and AR are 0.0 wherever ground truth
+    exists and -1.0 where it does not (e.g. ``APs`` without small heads), as COCO reports.
+
+    Segm results are evaluated without their ``bbox`` so that the small/medium/large areas are
+    mask areas, as for the ground truth.
+
+    Args:
+        gt: Ground truth as a ``pycocotools.coco.COCO``, a COCO JSON path, or a COCO dict.
+            Boxes ``xywh``; masks as polygons or RLE.
+        results: COCO results records (see :func:`to_coco_results`): ``image_id``,
+            ``category_id``, ``score``, ``bbox`` (``xywh``) for bbox and ``segmentation``
+            (RLE or polygons) for segm.
+        iou_types: Any of ``"bbox"``, ``"segm"``.
+        class_agnostic: Score localisation only: every ground-truth category becomes one
+            ``{"id": 1, "name": "head"}`` and every result's ``category_id`` becomes 1.
+        per_category: Add per-category AP and AP50.
+        verbose: Let pycocotools print its summary tables.
+        max_dets: Last entry of ``COCOeval.params.maxDets`` (1, 10, ``max_dets``). Raise it above
+            100 for crowded images, where COCO would otherwise drop the lowest-scored
+            detections; the ``AR100`` key is then named ``AR{max_dets}``. pycocotools' own
+            printed ``AP`` line reads -1 in that case; the returned ``AP`` is correct.
+
+    Returns:
+        A flat dict, for each ``iou`` in ``iou_types``: ``"{iou}/AP"``, ``AP50``, ``AP75``,
+        ``APs``, ``APm``, ``APl``, ``AR1``, ``AR10``, ``AR100``, ``ARs``, ``ARm``, ``ARl``
+        (``COCOeval.stats`` in order, values in ``[0, 1]`` or -1.0 where there is no ground
+        truth), and with ``per_category`` ``"{iou}/AP/{name}"`` and ``"{iou}/AP50/{name}"``
+        (mean precision at area ``all`` and the last ``maxDets``; -1.0 for a category without
+        ground truth). ``"segm/derived_masks": 1.0`` is added, with a logged warning, when
+        the ground-truth masks were derived from boxes (see :func:`has_derived_masks`).
+
+    Raises:
+        FileNotFoundError: ``gt`` is a path that does not exist.
+        ValueError: unknown iou type, results on image ids not in ``gt``, unknown category ids,
+            results without the field an iou type needs, ground truth without masks for segm.
+        TypeError: ``gt`` or ``results`` of the wrong type.
+    """
+    iou_types = tuple(iou_types)
+    bad = [t for t in iou_types if t not in IOU_TYPES]
+    if bad or not iou_types:
+        raise ValueError(f"iou_types must be a non-empty subset of {IOU_TYPES}; received {iou_types}")
+    if int(max_dets) < 10:
+        raise ValueError(f"max_dets must be at least 10 (COCO also reports AR1 and AR10); received {max_dets}")
+    raw = _load_gt_dataset(gt)
+    derived = _derived(raw)
+    data = _prepare_gt(raw, iou_types, class_agnostic)
+    coco_gt = _make_coco(data)
+    _check_results(results, coco_gt.imgs, set(coco_gt.cats), class_agnostic)
+    names = _category_keys(data["categories"])
+
+    metrics: dict[str, float] = {}
+    for iou_type in iou_types:
+        dets = _results_for(results, iou_type, coco_gt.imgs, class_agnostic)
+        sink = contextlib.nullcontext() if verbose else contextlib.redirect_stdout(io.StringIO())
+        with sink:
+            if dets:
+                coco_dt = coco_gt.loadRes(dets)
+            else:
+                coco_dt = _make_coco({"images": list(data["images"]),
+                                      "categories": copy.deepcopy(data["categories"]), "annotations": []})
+            evaluator = COCOeval(coco_gt, coco_dt, iouType=iou_type)
+            evaluator.params.maxDets = [1, 10, int(max_dets)]
+            evaluator.evaluate()
+            evaluator.accumulate()
+            evaluator.summarize()
+        precision = evaluator.eval["precision"]  # [T iou, R recall, K cat, A area, M maxDets]
+        stats = [float(s) for s in evaluator.stats]
+        # pycocotools' summarize() asks for maxDets == 100 for the headline AP.
+        stats[0] = _mean_valid(precision[:, :, :, 0, -1])
+        for name, value in zip(STAT_NAMES, stats):
+            if name == "AR100":
+                name = f"AR{int(max_dets)}"
+            metrics[f"{iou_type}/{name}"] = value
+        if per_category:
+            t50 = int(np.argmin(np.abs(evaluator.params.iouThrs - 0.5)))
+            for k, cat_id in enumerate(evaluator.params.catIds):
+                metrics[f"{iou_type}/AP/{names[cat_id]}"] = _mean_valid(precision[:, :, k, 0, -1])
+                metrics[f"{iou_type}/AP50/{names[cat_id]}"] = _mean_valid(precision[t50, :, k, 0, -1])
+        if iou_type == "segm" and derived:
+            metrics["segm/derived_masks"] = 1.0
+            logger.warning(
+                "segm metrics are measured against masks derived from boxes, not drawn ground truth; "
+                "treat them as a sanity check, not mask quality"
+            )
+    return metrics
+
+
+def format_metrics_table(metrics: Mapping[str, float], keys: Sequence[str] | None = None) -> str:
+    """A two-column, aligned text table of metrics for printing.
+
+    Args:
+        metrics: Flat ``name -> value`` dict, e.g. from :func:`coco_evaluate`.
+        keys: Rows to show, in order; ``None`` shows all in the dict's order.
+
+    Returns:
+        Lines ``name  value`` under a header, values with 4 decimals (integral counts above 1
+        as integers), ending without a newline.
+
+    Raises:
+        ValueError: a key in ``keys`` is not in ``metrics`` (close matches are named).
+    """
+    keys = list(metrics) if keys is None else list(keys)
+    for key in keys:
+        if key not in metrics:
+            close = difflib.get_close_matches(key, list(metrics), n=3)
+            hint = f"; did you mean {close}?" if close else f"; available: {sorted(metrics)[:20]}"
+            raise ValueError(f"metric {key!r} is not in the metrics{hint}")
+
+    def fmt(v: float) -> str:
+        v = float(v)
+        if v.is_integer() and abs(v) > 1:
+            return str(int(v))
+        return f"{v:.4f}"
+
+    width = max([len("metric")] + [len(k) for k in keys])
+    values = [fmt(metrics[k]) for k in keys]
+    vwidth = max([len("value")] + [len(v) for v in values])
+    lines = [f"{'metric':<{width}}  {'value':>{vwidth}}", f"{'-' * width}  {'-' * vwidth}"]
+    lines += [f"{k:<{width}}  {v:>{vwidth}}" for k, v in zip(keys, values)]
+    return "\n".join(lines)
+
+
+def operating_point(
+    gt: COCO | str | Path | Mapping[str, Any],
+    results: Sequence[Mapping[str, Any]],
+    score_thresh: float,
+    iou_thresh: float = 0.5,
+    class_agnostic: bool = False,
+) -> dict[str, float]:
+    """Precision, recall and F1 of the detections scoring at least ``score_thresh``.
+
+    Per image (and per category unless ``class_agnostic``), detections are taken in
+    descending score order and each is matched to the unmatched non-crowd ground-truth box
+    with the highest box IoU, if that IoU is at least ``iou_thresh`` (true positive). A
+    detection that matches only a crowd region (``iscrowd=1``, IoU as COCO defines it for
+    crowds: intersection over the detection's area) is ignored; any other is a false
+    positive. Unmatched non-crowd ground truth are false negatives; crowd regions never are.
+
+    Args:
+        gt: As for :func:`coco_evaluate`.
+        results: COCO results records with ``bbox`` (``xywh``).
+        score_thresh: Keep detections with ``score >= score_thresh``.
+        iou_thresh: Minimum box IoU of a match, in ``(0, 1]``.
+        class_agnostic: Match boxes regardless of category.
+
+    Returns:
+        ``{"precision", "recall", "f1", "tp", "fp", "fn"}``; counts as floats. A ratio whose
+        denominator is 0 is 0.0.
+
+    Raises:
+        ValueError: as for :func:`coco_evaluate`, or ``iou_thresh`` outside ``(0, 1]``.
+    """
+    if not 0.0 < iou_thresh <= 1.0:
+        raise ValueError(f"iou_thresh must be in (0, 1]; received {iou_thresh}")
+    data = _prepare_gt(_load_gt_dataset(gt), ("bbox",), class_agnostic)
+    images = {img["id"]: img for img in data["images"]}
+    _check_results(results, images, {c["id"] for c in data["categories"]}, class_agnostic)
+    dets = [r for r in _results_for(results, "bbox", images, class_agnostic) if r["score"] >= score_thresh]
+
+    groups: dict[tuple[int, int], tuple[list[dict[str, Any]], list[dict[str, Any]]]] = {}
+    for ann in data["annotations"]:
+        groups.setdefault((ann["image_id"], ann["category_id"]), ([], []))[0].append(ann)
+    for det in dets:
+        groups.setdefault((det["image_id"], det["category_id"]), ([], []))[1].append(det)
+
+    tp = fp = fn = 0
+    for gts, group_dets in groups.values():
+        crowd = np.array([bool(g["iscrowd"]) for g in gts], dtype=bool)
+        order = sorted(range(len(group_dets)), key=lambda i: -group_dets[i]["score"])  # stable on ties
+        if gts and group_dets:
+            ious = np.asarray(mask_utils.iou(
+                np.array([group_dets[i]["bbox"] for i in order], dtype=np.float64),
+                np.array([g["bbox"] for g in gts], dtype=np.float64),
+                crowd.astype(np.uint8).tolist(),
+            )).reshape(len(order), len(gts))
+        else:
+            ious = np.zeros((len(order), len(gts)))
+        matched = np.zeros(len(gts), dtype=bool)
+        for row in ious:
+            candidates = np.where(~crowd & ~matched & (row >= iou_thresh), row, -1.0)
+            if candidates.size and candidates.max() >= 0:
+                matched[int(np.argmax(candidates))] = True
+                tp += 1
+            elif not np.any(crowd & (row >= iou_thresh)):
+                fp += 1
+        fn += int(np.sum(~crowd & ~matched))
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {"precision": precision, "recall": recall, "f1": f1, "tp": float(tp), "fp": float(fp), "fn": float(fn)}
+
+
+# ----------------------------------------------------------------------------- classification
+
+
+def _labels(y: np.ndarray | Sequence[int] | torch.Tensor, name: str) -> np.ndarray:
+    arr = _to_numpy(y, name).reshape(-1)
+    if arr.size and arr.dtype.kind not in "iub":
+        if arr.dtype.kind == "f" and np.all(np.mod(arr, 1) == 0):
+            return arr.astype(np.int64)
+        raise TypeError(f"{name} must hold integer class indices; received dtype {arr.dtype}")
+    return arr.astype(np.int64)
+
+
+def confusion_matrix(
+    y_true: np.ndarray | Sequence[int] | torch.Tensor,
+    y_pred: np.ndarray | Sequence[int] | torch.Tensor,
+    num_classes: int,
+) -> np.ndarray:
+    """Count matrix of true vs predicted class indices.
+
+    Args:
+        y_true: ``(N,)`` true class indices in ``[0, num_classes)``.
+        y_pred: ``(N,)`` predicted class indices in ``[0, num_classes)``.
+        num_classes: ``K``.
+
+    Returns:
+        ``(K, K)`` int64 array; ``cm[i, j]`` counts samples of true class ``i`` predicted ``j``
+        (rows true, columns predicted).
+
+    Raises:
+        ValueError: lengths differ, ``num_classes < 1``, or a label is out of range.
+    """
+    if int(num_classes) < 1:
+        raise ValueError(f"num_classes must be at least 1; received {num_classes}")
+    k = int(num_classes)
+    t, p = _labels(y_true, "y_true"), _labels(y_pred, "y_pred")
+    if t.shape != p.shape:
+        raise ValueError(f"y_true and y_pred must have the same length; received {t.size} and {p.size}")
+    for name, arr in (("y_true", t), ("y_pred", p)):
+        bad = arr[(arr < 0) | (arr >= k)]
+        if bad.size:
+            raise ValueError(
+                f"{name} holds labels {sorted(set(bad.tolist()))[:10]} outside [0, {k}); "
+                "expected class indices into class_names"
+            )
+    return np.bincount(t * k + p, minlength=k * k).reshape(k, k).astype(np.int64)
+
+
+def classification_metrics(
+    y_true: np.ndarray | Sequence[int] | torch.Tensor,
+    y_pred: np.ndarray | Sequence[int] | torch.Tensor,
+    class_names: Sequence[str],
+) -> dict[str, float]:
+    """Accuracy, balanced accuracy, macro F1 and per-class precision/recall/F1/support.
+
+    Any ratio whose denominator is 0 is 0.0 (a class never predicted has precision 0.0; a class
+    absent from ``y_true`` has recall 0.0).
+
+    Args:
+        y_true: ``(N,)`` true class indices into ``class_names``.
+        y_pred: ``(N,)`` predicted class indices into ``class_names``.
+        class_names: ``K`` distinct names, index ``i`` naming class ``i``.
+
+    Returns:
+        ``accuracy``; ``balanced_accuracy`` (mean recall over classes present in ``y_true``);
+        ``macro_f1`` (mean F1 over classes that appear in ``y_true`` or ``y_pred``: a class with
+        neither support nor predictions says nothing about the model and is excluded); and for
+        each class ``precision/{name}``, ``recall/{name}``, ``f1/{name}``, ``support/{name}``
+        (support as a float count). With ``N == 0`` every value is 0.0.
+
+    Raises:
+        ValueError: as for :func:`confusion_matrix`, or repeated/empty ``class_names``.
+    """
+    names = list(class_names)
+    if not names or len(set(names)) != len(names):
+        raise ValueError(f"class_names must be non-empty and distinct; received {names}")
+    cm = confusion_matrix(y_true, y_pred, len(names)).astype(np.float64)
+    diag = np.diag(cm)
+    support = cm.sum(axis=1)
+    predicted = cm.sum(axis=0)
+    recall = np.divide(diag, support, out=np.zeros_like(diag), where=support > 0)
+    precision = np.divide(diag, predicted, out=np.zeros_like(diag), where=predicted > 0)
+    denom = precision + recall
+    f1 = np.divide(2 * precision * recall, denom, out=np.zeros_like(diag), where=denom > 0)
+    total = cm.sum()
+    present = support > 0
+    seen = present | (predicted > 0)
+    metrics: dict[str, float] = {
+        "accuracy": float(diag.sum() / total) if total else 0.0,
+        "balanced_accuracy": float(recall[present].mean()) if present.any() else 0.0,
+        "macro_f1": float(f1[seen].mean()) if seen.any() else 0.0,
+    }
+    for i, name in enumerate(names):
+        metrics[f"precision/{name}"] = float(precision[i])
+        metrics[f"recall/{name}"] = float(recall[i])
+        metrics[f"f1/{name}"] = float(f1[i])
+        metrics[f"support/{name}"] = float(support[i])
+    return metrics
+
+
+def _check_cm(cm: np.ndarray, class_names: Sequence[str]) -> np.ndarray:
+    cm = np.asarray(cm)
+    k = len(class_names)
+    if cm.shape != (k, k):
+        raise ValueError(f"confusion matrix must be ({k}, {k}) for {k} class names; received {cm.shape}")
+    return cm
+
+
+def plot_confusion_matrix(
+    cm: np.ndarray,
+    class_names: Sequence[str],
+    path: str | Path,
+    normalize: bool = True,
+) -> Path:
+    """Draw a confusion matrix as a PNG, counts annotated in every cell.
+
+    Uses a bare ``matplotlib.figure.Figure`` (Agg canvas), so no pyplot state or GUI backend
+    is touched.
+
+    Args:
+        cm: ``(K, K)`` counts, rows true, columns predicted (see :func:`confusion_matrix`).
+        class_names: ``K`` names for the axes.
+        path: Output PNG; written atomically.
+        normalize: Colour cells by the row fraction (recall per true class) and show it under
+            the count; otherwise colour by the count.
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: PLC0415 (slow import)
+    from matplotlib.figure import Figure  # noqa: PLC0415
+
+    counts = _check_cm(cm, class_names)
+    k = len(class_names)
+    rows = counts.sum(axis=1, keepdims=True).astype(np.float64)
+    frac = np.divide(counts, rows, out=np.zeros(counts.shape, dtype=np.float64), where=rows > 0)
+    shown = frac if normalize else counts.astype(np.float64)
+    vmax = 1.0 if normalize else max(float(shown.max()), 1.0)
+
+    size = 1.2 + 0.7 * k
+    fig = Figure(figsize=(size + 1.0, size))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    image = ax.imshow(shown, cmap="Blues", vmin=0.0, vmax=vmax)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    ax.set_xticks(range(k), labels=list(class_names), rotation=45, ha="right")
+    ax.set_yticks(range(k), labels=list(class_names))
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title("confusion matrix" + (" (row-normalised)" if normalize else ""))
+    for i in range(k):
+        for j in range(k):
+            text = f"{int(counts[i, j])}" + (f"\n{frac[i, j]:.0%}" if normalize else "")
+            colour = "white" if shown[i, j] > 0.5 * vmax else "black"
+            ax.text(j, i, text, ha="center", va="center", color=colour, fontsize=8)
+    fig.tight_layout()
+    return atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
+
+
+def write_confusion_csv(cm: np.ndarray, class_names: Sequence[str], path: str | Path) -> Path:
+    """Write a confusion matrix as CSV: a header ``true\\pred,<names>`` then one row per true class.
+
+    Args:
+        cm: ``(K, K)`` counts, rows true, columns predicted.
+        class_names: ``K`` names.
+        path: Output CSV; written atomically.
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+    """
+    counts = _check_cm(cm, class_names)
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["true\\pred", *class_names])
+    for name, row in zip(class_names, counts):
+        writer.writerow([name, *(int(v) for v in row)])
+    return write_text(path, buf.getvalue())
