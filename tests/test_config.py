@@ -1,0 +1,72 @@
+"""Config loading: YAML into frozen dataclasses, overrides, and errors that suggest close keys."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from headseg.config import ClsConfig, SegConfig, apply_overrides, load_config, to_dict, from_dict
+
+
+def test_defaults_are_frozen() -> None:
+    cfg = SegConfig()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.train.lr = 1.0  # type: ignore[misc]
+
+
+def test_yaml_and_overrides(tmp_path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("model:\n  min_size: 320\n  anchor_sizes: [8, 16, 32, 64, 128]\ntrain:\n  epochs: 3\n")
+    cfg = load_config(SegConfig, path, ["train.lr=0.005", "data.class_agnostic=false",
+                                        "train.scale_jitter=[0.5, 1.5]"])
+    assert cfg.model.min_size == 320
+    assert cfg.model.anchor_sizes == (8, 16, 32, 64, 128)
+    assert cfg.train.epochs == 3 and cfg.train.lr == 0.005
+    assert cfg.data.class_agnostic is False
+    assert cfg.train.scale_jitter == (0.5, 1.5)
+    assert cfg.model.max_size == SegConfig().model.max_size  # untouched fields keep defaults
+
+
+def test_round_trip_through_dict() -> None:
+    cfg = apply_overrides(ClsConfig(), ["crop.fill=blur", "model.head=mlp"])
+    assert from_dict(ClsConfig, to_dict(cfg)) == cfg
+
+
+def test_unknown_key_suggests_close_match(tmp_path) -> None:
+    with pytest.raises(ValueError, match=r"train\.lrr.*did you mean 'lr'"):
+        load_config(SegConfig, None, ["train.lrr=0.1"])
+    path = tmp_path / "c.yaml"
+    path.write_text("modle:\n  min_size: 3\n")
+    with pytest.raises(ValueError, match=r"c\.yaml.*'modle'.*did you mean 'model'"):
+        load_config(SegConfig, path)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.epochs=many", "expects int"),
+    ("data.class_agnostic=maybe", "expects true or false"),
+    ("train", "key=value"),
+    ("train.lr.x=1", "is a value, not a section"),
+])
+def test_bad_overrides(override: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        load_config(SegConfig, None, [override])
+
+
+def test_missing_and_malformed_files(tmp_path) -> None:
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_config(SegConfig, tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("- just\n- a list\n")
+    with pytest.raises(ValueError, match="mapping"):
+        load_config(SegConfig, bad)
+
+
+def test_shipped_configs_load() -> None:
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "configs"
+    for path in sorted(root.glob("seg_*.yaml")):
+        load_config(SegConfig, path)
+    for path in sorted(root.glob("cls_*.yaml")):
+        load_config(ClsConfig, path)

@@ -1,0 +1,176 @@
+"""Stage 1: builders, offline weights, train/eval tools on synthetic data, resume, DDP."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from headseg.config import SegConfig, SegModelConfig, load_config
+from headseg.segmentation import build_segmenter, load_segmenter
+from headseg.training import NonFiniteLossError, check_output_dir, load_checkpoint
+from headseg.weights import INSTALL_COMMAND, load_imagenet_state_dict
+from tests.conftest import TINY_SEG
+from tools import eval_seg, train_seg
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _train_args(data: dict, out: Path, *extra: str) -> list[str]:
+    return ["--out", str(out), "--no-progress", "--set", *TINY_SEG,
+            f"data.train_json={data['train']}", f"data.val_json={data['val']}", *extra]
+
+
+@pytest.mark.parametrize("arch", ["mobilenet_v2_fpn", "resnet50_fpn"])
+def test_builders_run_on_empty_and_tiny_images(arch: str) -> None:
+    cfg = SegModelConfig(arch=arch, weights="none", min_size=128, max_size=128)
+    model = build_segmenter(cfg, num_classes=3).eval()
+    with torch.inference_mode():
+        out = model([torch.zeros(3, 100, 80), torch.rand(3, 1, 1)])
+    assert len(out) == 2
+    for o in out:
+        assert o["boxes"].shape[1] == 4 and o["masks"].shape[1:] in ((1, 100, 80), (1, 1, 1))
+    assert model.roi_heads.box_predictor.cls_score.out_features == 4  # 3 classes + background
+
+
+def test_backbone_is_imagenet_initialised_offline() -> None:
+    state = load_imagenet_state_dict("mobilenet_v2")
+    model = build_segmenter(SegModelConfig(), num_classes=1)
+    first = model.backbone.body["0"][0].weight
+    assert torch.equal(first, state["features.0.0.weight"])
+    frozen = [p.requires_grad for p in model.backbone.body.parameters()]
+    assert not all(frozen) and any(frozen)  # early stages frozen, later ones trainable
+
+
+def test_missing_weights_say_where_and_how(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    with pytest.raises(FileNotFoundError) as info:
+        build_segmenter(SegModelConfig(), num_classes=1)
+    assert str(tmp_path / "hub" / "checkpoints" / "mobilenet_v2-b0353104.pth") in str(info.value)
+    assert INSTALL_COMMAND in str(info.value)
+
+
+def test_bad_model_config_errors() -> None:
+    with pytest.raises(ValueError, match="anchor_sizes has 2 sizes"):
+        build_segmenter(SegModelConfig(weights="none", anchor_sizes=(16, 32)), 1)
+    with pytest.raises(ValueError, match="is not one of"):
+        build_segmenter(SegModelConfig(arch="vgg"), 1)
+    with pytest.raises(ValueError, match="no offline ImageNet weights ship for resnet50"):
+        build_segmenter(SegModelConfig(arch="resnet50_fpn"), 1)
+
+
+def test_train_resume_and_eval_tools(synthetic_data: dict, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    result = train_seg.main(train_seg.parse_args(_train_args(synthetic_data, out)))
+    for name in ("last.pt", "best.pt", "metrics.csv", "curves.png", "config.yaml"):
+        assert (out / name).is_file(), name
+    assert result["epochs"] == 1
+    state = load_checkpoint(out / "last.pt", "segmenter")
+    assert state["class_names"] == ["head"] and state["epoch"] == 0
+    assert state["config"]["model"]["min_size"] == 128  # preprocessing travels with the weights
+
+    train_seg.main(train_seg.parse_args(_train_args(synthetic_data, out, "train.epochs=2") + ["--resume"]))
+    assert load_checkpoint(out / "last.pt", "segmenter")["epoch"] == 1
+    assert (out / "metrics.csv").read_text().count("\n") == 3  # header + 2 epochs
+
+    metrics_path = tmp_path / "metrics.json"
+    metrics = eval_seg.main(eval_seg.parse_args(
+        [str(out / "best.pt"), str(synthetic_data["test"]), "--out", str(metrics_path)]))
+    assert set(json.loads(metrics_path.read_text())) == set(metrics)
+    assert 0.0 <= metrics["bbox/AP50"] <= 1.0 and "segm/AP" in metrics
+    assert json.loads((tmp_path / "metrics_results.json").read_text()) is not None
+
+
+def test_attire_categories_option(synthetic_data: dict, tmp_path: Path) -> None:
+    out = tmp_path / "attire"
+    train_seg.main(train_seg.parse_args(_train_args(synthetic_data, out, "data.class_agnostic=false")))
+    model, cfg, names = load_segmenter(out / "best.pt")
+    assert len(names) == 7 and names[0] == "bare"
+    assert model.roi_heads.box_predictor.cls_score.out_features == 8
+
+
+def test_resumed_run_matches_uninterrupted(synthetic_data: dict, tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    import headseg.segmentation as seg
+
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    train_seg.main(train_seg.parse_args(_train_args(synthetic_data, straight, "train.epochs=2")))
+
+    real_save = seg.save_checkpoint
+
+    def save_then_die(path, state):
+        real_save(path, state)
+        if Path(path).name == "last.pt":
+            raise KeyboardInterrupt("killed right after the first epoch's checkpoint")
+
+    monkeypatch.setattr(seg, "save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train_seg.main(train_seg.parse_args(_train_args(synthetic_data, killed, "train.epochs=2")))
+    monkeypatch.setattr(seg, "save_checkpoint", real_save)
+    train_seg.main(train_seg.parse_args(_train_args(synthetic_data, killed, "train.epochs=2") + ["--resume"]))
+    a = load_checkpoint(straight / "last.pt", "segmenter")["model"]
+    b = load_checkpoint(killed / "last.pt", "segmenter")["model"]
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_non_finite_loss_stops_with_step(synthetic_data: dict, tmp_path: Path,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    import headseg.segmentation as seg
+
+    real_build = seg.build_segmenter
+
+    def build_nan(cfg, num_classes):
+        model = real_build(cfg, num_classes)
+        forward = model.forward
+
+        def nan_forward(images, targets=None):
+            out = forward(images, targets)
+            if model.training:
+                out["loss_classifier"] = out["loss_classifier"] * float("nan")
+            return out
+
+        model.forward = nan_forward
+        return model
+
+    monkeypatch.setattr(seg, "build_segmenter", build_nan)
+    with pytest.raises(NonFiniteLossError, match=r"epoch 1, step 1"):
+        train_seg.main(train_seg.parse_args(_train_args(synthetic_data, tmp_path / "nan")))
+    assert not (tmp_path / "nan" / "last.pt").exists()
+
+
+def test_unwritable_output_fails_early(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(OSError, match="not writable"):
+        check_output_dir(blocker / "run")
+
+
+def test_unknown_config_key_from_the_tool(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="did you mean 'epochs'"):
+        train_seg.main(train_seg.parse_args(["--out", str(tmp_path), "--set", "train.epoch=3"]))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ddp_two_processes_gloo(synthetic_data: dict, tmp_path: Path) -> None:
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+           "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
+           str(ROOT / "tools" / "train_seg.py"), *_train_args(synthetic_data, out)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    state = load_checkpoint(out / "last.pt", "segmenter")
+    assert state["epoch"] == 0
+    assert not any(k.startswith("module.") for k in state["model"])  # saved unwrapped
