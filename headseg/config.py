@@ -56,7 +56,7 @@ class TrainConfig:
     epochs: int = 12  # enough for the small shared sets to converge; see docs/RESULTS.md
     batch_size: int = 4  # per process
     optimizer: str = "sgd"  # `sgd` or `adamw`
-    lr: float = 0.02  # for batch 4 with SGD; scale linearly with the total batch
+    lr: float = 0.01  # SGD, batch 4 (torchvision: 0.02 at 16); 0.02 made the mask loss diverge
     momentum: float = 0.9  # SGD only
     weight_decay: float = 1e-4  # torchvision detection reference value
     schedule: str = "cosine"  # `cosine` or `step`

@@ -1,7 +1,7 @@
 """Train the stage-1 head segmenter (torchvision Mask R-CNN) on COCO head annotations.
 
 Default recipe (configs/seg_default.yaml): MobileNetV2-FPN, ImageNet-initialised, one class-
-agnostic ``head`` class, 640 px short side, SGD lr 0.02 batch 4, 100 warm-up steps then
+agnostic ``head`` class, 640 px short side, SGD lr 0.01 batch 4, 100 warm-up steps then
 cosine, 12 epochs, val bbox AP50 picks ``best.pt``.
 
 Examples:
