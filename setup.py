@@ -17,7 +17,7 @@ setup(
         "torch>=2.1",
         "torchvision>=0.16",
         "pycocotools>=2.0.7",
-        "opencv-python-headless>=4.8",
+        "opencv-python-headless>=4.8,<5",  # 5.x moved the Haar cascades to contrib
         "numpy>=1.24",
         "Pillow>=9.5",
         "PyYAML>=6.0",
