@@ -109,7 +109,8 @@ class CocoHeads:
         return coco
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def read_json(path: Path) -> dict[str, Any]:
+    """Read a JSON file and check it has COCO's three lists; nothing deeper (see find_problems)."""
     if not path.is_file():
         raise FileNotFoundError(f"COCO annotation file {path} does not exist")
     try:
@@ -248,7 +249,7 @@ def load_coco(path: str | Path, image_root: str | Path | None = None, check_file
         ValueError: not JSON, not COCO, or any problem listed by :func:`find_problems`.
     """
     path = Path(path)
-    data = _read_json(path)
+    data = read_json(path)
     root = Path(image_root) if image_root else path.parent
     problems = find_problems(data, path, root, check_files)
     if problems and not drop_invalid:

@@ -225,3 +225,23 @@ def test_horizontal_flip_is_exact(tmp_path: Path, coco_dict: dict) -> None:
     expected = plain["boxes"].clone()
     expected[:, [0, 2]] = W - plain["boxes"][:, [2, 0]]
     assert torch.allclose(flipped["boxes"], expected)
+
+
+def test_check_dataset_tool(tmp_path: Path, coco_dict: dict, capsys: pytest.CaptureFixture) -> None:
+    from tools import check_dataset
+
+    path = _write(tmp_path, coco_dict)
+    assert check_dataset.main(check_dataset.parse_args([str(path)])) == 0
+    coco_dict["annotations"][0]["category_id"] = 9
+    coco_dict["annotations"][2]["bbox"] = [5, 30, 0, 10]
+    path = _write(tmp_path, coco_dict)
+    clean = tmp_path / "clean.json"
+    status = check_dataset.main(check_dataset.parse_args([str(path), "--drop-invalid", str(clean)]))
+    out = capsys.readouterr().out
+    assert status == 1
+    assert "annotation id=1: category_id=9" in out and "annotation id=3: bbox" in out
+    assert "2 problem(s): unknown_category 1, degenerate_box 1" in out
+    assert "dropped 0 image(s) and 2 annotation(s)" in out
+    assert [a["id"] for a in load_coco(clean).dataset["annotations"]] == [2, 4, 5]
+    (tmp_path / "x.json").write_text("{")
+    assert check_dataset.main(check_dataset.parse_args([str(tmp_path / "x.json")])) == 2

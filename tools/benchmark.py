@@ -1,0 +1,177 @@
+"""Inference speed, side by side on the same images: torchvision default vs naive vs headseg.
+
+Systems, each timed in a fresh subprocess (so peak memory is its own):
+
+* ``tv_default``: torchvision's default Mask R-CNN settings (800/1333 px, 1000 proposals,
+  256-channel FPN, 1024-d box head, 4x256 mask head) on the same MobileNetV2-FPN backbone,
+  segmentation only;
+* ``naive``: ``tv_default``, then NumPy crops (:func:`headseg.crops.crop_head`) and one
+  classifier call per head;
+* ``headseg``: :class:`HeadwearPipeline` as shipped (its checkpoint's settings), end to end,
+  with the split between segmentation and classification.
+
+Warm-up first, then the median of ``--repeats`` passes over the images. Prints a table and
+writes JSON. Weights are the bundled model's where a system shares its architecture; the
+torchvision-default heads are random-initialised (the timing concerns the work, and with
+``box_score_thresh`` 0.05 random heads still return detections to paste).
+
+Examples:
+    python tools/benchmark.py --images docs/samples --repeats 3 --out docs/benchmark_cpu.json
+    python tools/benchmark.py --images val_images/ --device cuda --batch-size 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import platform
+import resource
+import statistics
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+SYSTEMS = ("tv_default", "naive", "headseg")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=Path, default=Path("docs/samples"), help="folder of images")
+    parser.add_argument("--seg", type=Path, help="segmenter checkpoint (default: bundled)")
+    parser.add_argument("--cls", type=Path, help="classifier checkpoint (default: bundled)")
+    parser.add_argument("--systems", nargs="+", default=list(SYSTEMS), choices=SYSTEMS)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
+    parser.add_argument("--out", type=Path, help="JSON report")
+    return parser.parse_args(argv)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _run(system: str, args: argparse.Namespace, queue: mp.Queue) -> None:
+    """Time one system in this (child) process and put its numbers on ``queue``."""
+    from headseg.config import SegModelConfig
+    from headseg.crops import crop_head
+    from headseg.io import IMAGE_EXTENSIONS, read_image
+    from headseg.pipeline import ASSETS, HeadwearPipeline
+    from headseg.segmentation import build_segmenter
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    seg, cls = args.seg or ASSETS / "segmenter.pt", args.cls or ASSETS / "classifier.pt"
+    pipe = HeadwearPipeline.from_checkpoint(seg, cls, device, batch_size=args.batch_size)
+    paths = sorted(p for p in args.images.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+    images = [read_image(p) for p in paths]
+    timings = {"seg": 0.0, "cls": 0.0}
+
+    if system == "headseg":
+        # Time the segmenter inside the pipeline; the rest is cropping + classification.
+        forward = pipe.segmenter.forward
+
+        def timed_forward(*a, **k):
+            t0 = time.perf_counter()
+            out = forward(*a, **k)
+            _sync(device)
+            timings["seg"] += time.perf_counter() - t0
+            return out
+
+        pipe.segmenter.forward = timed_forward
+    else:
+        tv = build_segmenter(SegModelConfig(weights="none", min_size=800, max_size=1333,
+                                            rpn_pre_nms_top_n_test=1000, rpn_post_nms_top_n_test=1000,
+                                            fpn_channels=256, box_head_dim=1024,
+                                            mask_head_layers=(256, 256, 256, 256)), 1).eval().to(device)
+
+    @torch.inference_mode()
+    def one_pass() -> int:
+        heads = 0
+        for start in range(0, len(images), args.batch_size):
+            batch = images[start:start + args.batch_size]
+            if system == "headseg":
+                heads += sum(len(r) for r in pipe(batch))
+                continue
+            t0 = time.perf_counter()
+            outs = tv([torch.from_numpy(im).to(device).permute(2, 0, 1).float() / 255 for im in batch])
+            _sync(device)
+            t1 = time.perf_counter()
+            timings["seg"] += t1 - t0
+            if system == "naive":
+                for im, out in zip(batch, outs):
+                    keep = out["scores"] >= 0.5
+                    for box, mask in zip(out["boxes"][keep].cpu().numpy(),
+                                         (out["masks"][keep, 0] > 0.5).cpu().numpy()):
+                        if mask.any():
+                            crop = crop_head(im, mask, box, pipe.cls_config.crop.size)
+                            x = torch.from_numpy(crop).to(device).permute(2, 0, 1)[None].float() / 255
+                            pipe.classifier((x - pipe.mean) / pipe.std).softmax(1).cpu()
+                            heads += 1
+                timings["cls"] += time.perf_counter() - t1
+        _sync(device)
+        return heads
+
+    one_pass()  # warm-up
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    times, heads = [], 0
+    for _ in range(args.repeats):
+        timings.update(seg=0.0, cls=0.0)
+        t0 = time.perf_counter()
+        heads = one_pass()
+        times.append(time.perf_counter() - t0)
+    median = statistics.median(times)
+    result = {"system": system, "images": len(images), "heads_per_pass": heads,
+              "images_per_second": len(images) / median, "ms_per_image": 1000 * median / len(images),
+              "peak_cpu_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    if system == "naive":
+        result["classification_fraction"] = timings["cls"] / max(timings["seg"] + timings["cls"], 1e-9)
+    if system == "headseg":
+        result["classification_fraction"] = 1.0 - timings["seg"] / times[-1]
+    if device.type == "cuda":
+        result["peak_gpu_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+    queue.put(result)
+
+
+def main(args: argparse.Namespace) -> list[dict]:
+    ctx = mp.get_context("spawn")
+    results = []
+    for system in args.systems:
+        queue = ctx.Queue()
+        proc = ctx.Process(target=_run, args=(system, args, queue))
+        proc.start()
+        results.append(queue.get())
+        proc.join()
+    base = next((r["images_per_second"] for r in results if r["system"] == "tv_default"), None)
+    print(f"device={args.device} batch={args.batch_size} images={results[0]['images']} "
+          f"threads={args.threads or torch.get_num_threads()}")
+    print(f"{'system':<12}{'img/s':>9}{'ms/img':>9}{'vs tv':>8}{'peak MB':>10}{'heads':>7}")
+    for r in results:
+        ratio = f"{r['images_per_second'] / base:.2f}x" if base else "-"
+        peak = r.get("peak_gpu_mb", r["peak_cpu_rss_mb"])
+        print(f"{r['system']:<12}{r['images_per_second']:>9.2f}{r['ms_per_image']:>9.1f}{ratio:>8}"
+              f"{peak:>10.0f}{r['heads_per_pass']:>7}")
+    if args.out:
+        report = {"date": date.today().isoformat(), "machine": platform.platform(),
+                  "processor": platform.processor(), "device": args.device,
+                  "cuda": torch.cuda.get_device_name() if args.device.startswith("cuda") else None,
+                  "torch": torch.__version__, "args": {k: str(v) for k, v in vars(args).items()},
+                  "results": results}
+        args.out.write_text(json.dumps(report, indent=2))
+    return results
+
+
+if __name__ == "__main__":
+    main(parse_args())
