@@ -1,0 +1,393 @@
+"""Stage 3: segmentation -> head regions -> attire classification, in one call.
+
+    >>> from headseg import HeadwearPipeline
+    >>> pipe = HeadwearPipeline.from_pretrained()
+    >>> result = pipe("photo.jpg")
+    >>> [(h.label, round(h.label_prob, 2)) for h in result.heads]
+
+Both checkpoints carry their own preprocessing (input sizes, mean/std, crop rules, class
+names), so :meth:`HeadwearPipeline.from_checkpoint` needs nothing else.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Union
+
+import cv2
+import numpy as np
+import torch
+from pycocotools import mask as mask_utils
+from torch import nn
+
+from headseg.config import ClsConfig, SegConfig
+from headseg.crops import crop_heads
+from headseg.data import CocoHeads
+from headseg.io import read_image
+
+log = logging.getLogger(__name__)
+
+ImageInput = Union[np.ndarray, str, Path]
+ASSETS = Path(__file__).resolve().parent / "assets"
+
+
+@dataclass(frozen=True, eq=False)
+class Head:
+    """One head found in an image.
+
+    Attributes:
+        box_xyxy: ``(x0, y0, x1, y1)`` in pixels of the input image.
+        mask: ``(H, W)`` bool, the head's pixels in the input image.
+        score: Segmenter confidence in ``[0, 1]`` that this is a head.
+        label: Attire class with the highest probability.
+        label_prob: Its probability in ``[0, 1]``.
+        probs: Every attire class's probability (they sum to 1).
+    """
+
+    box_xyxy: tuple[float, float, float, float]
+    mask: np.ndarray
+    score: float
+    label: str
+    label_prob: float
+    probs: dict[str, float]
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-ready dict; the mask as COCO RLE (``counts`` a string)."""
+        rle = mask_utils.encode(np.asfortranarray(self.mask.astype(np.uint8)))
+        return {"box_xyxy": [round(v, 2) for v in self.box_xyxy], "score": round(self.score, 4),
+                "label": self.label, "label_prob": round(self.label_prob, 4),
+                "probs": {k: round(v, 4) for k, v in self.probs.items()},
+                "mask_rle": {"size": rle["size"], "counts": rle["counts"].decode()}}
+
+
+@dataclass(frozen=True, eq=False)
+class ImageResult:
+    """Every head of one image, most confident first.
+
+    Attributes:
+        heads: The heads found (empty when there are none).
+        image_size: ``(height, width)`` of the input.
+        source: The file path for path inputs, else None.
+    """
+
+    heads: tuple[Head, ...]
+    image_size: tuple[int, int]
+    source: str | None = None
+
+    def __len__(self) -> int:
+        return len(self.heads)
+
+    def counts(self) -> dict[str, int]:
+        """Heads per attire label."""
+        out: dict[str, int] = {}
+        for h in self.heads:
+            out[h.label] = out.get(h.label, 0) + 1
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        return {"source": self.source, "height": self.image_size[0], "width": self.image_size[1],
+                "heads": [h.to_json() for h in self.heads]}
+
+    def to_coco_results(self, image_id: int, category_ids: dict[str, int],
+                        score: str = "joint") -> list[dict[str, Any]]:
+        """COCO results records; a head whose label has no category (e.g. background) is left out.
+
+        Args:
+            image_id: The image's COCO id.
+            category_ids: Attire label -> COCO category id.
+            score: ``joint`` (segmentation score x label probability, the default: a head
+                that is surely a head but of doubtful attire ranks low) or ``seg``.
+        """
+        records = []
+        for h in self.heads:
+            if h.label not in category_ids:
+                continue
+            x0, y0, x1, y1 = h.box_xyxy
+            s = h.score * h.label_prob if score == "joint" else h.score
+            rle = mask_utils.encode(np.asfortranarray(h.mask.astype(np.uint8)))
+            records.append({"image_id": image_id, "category_id": category_ids[h.label],
+                            "bbox": [x0, y0, x1 - x0, y1 - y0], "score": float(s),
+                            "segmentation": {"size": rle["size"], "counts": rle["counts"].decode()}})
+        return records
+
+    def draw(self, image: np.ndarray, alpha: float = 0.45) -> np.ndarray:
+        """The image with every head's mask, box and ``label prob`` drawn on it.
+
+        Args:
+            image: ``(H, W, 3)`` uint8, RGB (as given to the pipeline, or re-read).
+            alpha: Mask opacity.
+
+        Returns:
+            A new ``(H, W, 3)`` uint8 RGB array.
+        """
+        if image.shape[:2] != self.image_size:
+            raise ValueError(f"draw() got a {image.shape[1]}x{image.shape[0]} image; this result is "
+                             f"for {self.image_size[1]}x{self.image_size[0]}")
+        out = image.copy()
+        thickness = max(1, round(max(self.image_size) / 400))
+        for h in self.heads:
+            color = label_color(h.label)
+            out[h.mask] = (out[h.mask] * (1 - alpha) + np.array(color) * alpha).astype(np.uint8)
+            x0, y0, x1, y1 = (int(round(v)) for v in h.box_xyxy)
+            cv2.rectangle(out, (x0, y0), (x1, y1), color, thickness)
+            text = f"{h.label} {h.label_prob:.2f}"
+            scale = 0.35 * thickness
+            (tw, th), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
+            ty = y0 - 3 if y0 - th - 4 >= 0 else y1 + th + 3
+            cv2.rectangle(out, (x0, ty - th - 2), (x0 + tw + 2, ty + 2), color, -1)
+            cv2.putText(out, text, (x0 + 1, ty), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 1,
+                        cv2.LINE_AA)
+        return out
+
+
+def label_color(label: str) -> tuple[int, int, int]:
+    """A stable, distinct RGB colour for a label."""
+    palette = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
+               (145, 30, 180), (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212)]
+    return palette[sum(label.encode()) % len(palette)]
+
+
+def _as_rgb(image: ImageInput, color_order: str) -> tuple[np.ndarray, str | None]:
+    """Validate one input and return it as an HxWx3 uint8 RGB array plus its source path."""
+    if isinstance(image, (str, Path)):
+        return read_image(image), str(image)
+    if not isinstance(image, np.ndarray):
+        raise TypeError(f"expected an HxWx3 uint8 array, a path or a list of them; got "
+                        f"{type(image).__name__}")
+    if image.dtype != np.uint8:
+        raise TypeError(f"expected a uint8 image, got dtype {image.dtype}; convert with "
+                        "(img * 255).astype(np.uint8) for floats in [0, 1]")
+    if image.ndim == 2:
+        image = np.repeat(image[:, :, None], 3, axis=2)
+    if image.ndim != 3 or image.shape[2] not in (3, 4) or min(image.shape[:2]) < 1:
+        raise ValueError(f"expected an HxWx3 (or HxWx4, HxW) image, got shape {image.shape}")
+    image = image[:, :, :3]
+    if color_order.upper() == "BGR":
+        image = image[:, :, ::-1]
+    elif color_order.upper() != "RGB":
+        raise ValueError(f"color_order={color_order!r}; expected 'RGB' or 'BGR'")
+    return np.ascontiguousarray(image), None
+
+
+def _shrink(image: np.ndarray, source: str | None,
+            max_side: int) -> tuple[np.ndarray, str | None, tuple[int, int] | None]:
+    """Shrink an image whose long side exceeds ``max_side``; returns its original size if so."""
+    h, w = image.shape[:2]
+    if max(h, w) <= max_side:
+        return image, source, None
+    scale = max_side / max(h, w)
+    small = cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))),
+                       interpolation=cv2.INTER_AREA)
+    return small, source, (h, w)
+
+
+def _grow(result: ImageResult, original: tuple[int, int] | None) -> ImageResult:
+    """Map a result on a shrunk image back to the original size (boxes scaled, masks resized)."""
+    if original is None:
+        return result
+    (h, w), (sh, sw) = original, result.image_size
+    sx, sy = w / sw, h / sh
+    heads = tuple(Head((hd.box_xyxy[0] * sx, hd.box_xyxy[1] * sy, hd.box_xyxy[2] * sx, hd.box_xyxy[3] * sy),
+                       cv2.resize(hd.mask.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST) > 0,
+                       hd.score, hd.label, hd.label_prob, hd.probs) for hd in result.heads)
+    return ImageResult(heads, (h, w), result.source)
+
+
+class HeadwearPipeline:
+    """Mask R-CNN heads, masked crops, attire classifier: one image in, one typed result out.
+
+    Args:
+        segmenter: A torchvision Mask R-CNN (from :func:`headseg.segmentation.load_segmenter`).
+        classifier: The attire classifier (from :func:`headseg.classification.load_classifier`).
+        seg_config: The segmenter's training config (its preprocessing is inside the model).
+        cls_config: The classifier's config: crop rules and input size.
+        class_names: Attire labels, in the classifier's output order.
+        mean, std: The classifier's input normalisation.
+        device: Where both models run.
+        score_thresh: Heads below this segmentation score are dropped.
+        mask_thresh: Mask probability above which a pixel belongs to the head.
+        batch_size: Images per segmenter forward pass.
+        max_side: Larger inputs are shrunk to this long side before both stages (the segmenter
+            shrinks them anyway) and results scaled back, so memory stays bounded.
+    """
+
+    def __init__(self, segmenter: nn.Module, classifier: nn.Module, seg_config: SegConfig,
+                 cls_config: ClsConfig, class_names: Sequence[str], mean: Sequence[float],
+                 std: Sequence[float], device: str | torch.device = "cpu", score_thresh: float = 0.5,
+                 mask_thresh: float = 0.5, batch_size: int = 4, max_side: int = 2048) -> None:
+        if not 0.0 <= score_thresh <= 1.0 or not 0.0 < mask_thresh < 1.0:
+            raise ValueError(f"score_thresh={score_thresh} must be in [0, 1] and "
+                             f"mask_thresh={mask_thresh} in (0, 1)")
+        self.device = torch.device(device)
+        self.segmenter = segmenter.eval().to(self.device)
+        self.classifier = classifier.eval().to(self.device)
+        self.seg_config, self.cls_config = seg_config, cls_config
+        self.class_names = list(class_names)
+        self.mean = torch.tensor(mean, device=self.device).view(1, 3, 1, 1)
+        self.std = torch.tensor(std, device=self.device).view(1, 3, 1, 1)
+        self.mask_thresh = mask_thresh
+        self.batch_size = max(1, batch_size)
+        self.max_side = max_side
+        self.score_thresh = score_thresh
+
+    @property
+    def score_thresh(self) -> float:
+        return self._score_thresh
+
+    @score_thresh.setter
+    def score_thresh(self, value: float) -> None:
+        # Filtering inside roi_heads also saves pasting masks of heads we would drop.
+        self._score_thresh = float(value)
+        self.segmenter.roi_heads.score_thresh = float(value)
+
+    @classmethod
+    def from_checkpoint(cls, segmenter: str | Path, classifier: str | Path,
+                        device: str | torch.device | None = None, **kwargs: Any) -> "HeadwearPipeline":
+        """Build the pipeline from the two checkpoints written by the training tools.
+
+        Args:
+            segmenter: ``best.pt`` of ``tools/train_seg.py``.
+            classifier: ``best.pt`` of ``tools/train_cls.py``.
+            device: ``cpu``, ``cuda``... (default: CUDA when available).
+            **kwargs: ``score_thresh``, ``mask_thresh``, ``batch_size``.
+        """
+        from headseg.classification import load_classifier, preprocessing_from_checkpoint  # noqa: PLC0415
+        from headseg.segmentation import load_segmenter  # noqa: PLC0415
+        from headseg.training import load_checkpoint  # noqa: PLC0415
+
+        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        seg_model, seg_cfg, seg_names = load_segmenter(segmenter, device)
+        if len(seg_names) != 1:
+            log.warning("segmenter %s has %d classes; the pipeline treats every detection as a head",
+                        segmenter, len(seg_names))
+        state = load_checkpoint(classifier, "classifier")
+        cls_model, cls_cfg, names = load_classifier(state, device)
+        pre = preprocessing_from_checkpoint(state)
+        return cls(seg_model, cls_model, seg_cfg, cls_cfg, names, pre.mean, pre.std, device, **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, device: str | torch.device | None = None, **kwargs: Any) -> "HeadwearPipeline":
+        """The bundled default: trained on the CC0 face-mask photos (see docs/MODEL_CARD.md)."""
+        seg, clf = ASSETS / "segmenter.pt", ASSETS / "classifier.pt"
+        for path in (seg, clf):
+            if not path.is_file():
+                raise FileNotFoundError(f"the bundled model file {path} is missing; reinstall headseg "
+                                        "or use HeadwearPipeline.from_checkpoint(seg, cls)")
+        return cls.from_checkpoint(seg, clf, device, **kwargs)
+
+    def __call__(self, images: ImageInput | Sequence[ImageInput],
+                 color_order: str = "RGB") -> ImageResult | list[ImageResult]:
+        """Find every head and its attire.
+
+        Args:
+            images: One image or a list: HxWx3 uint8 arrays (colour order per ``color_order``;
+                HxW grayscale and HxWx4 are accepted), or image file paths (read as RGB).
+            color_order: ``RGB`` or ``BGR`` (OpenCV) for array inputs.
+
+        Returns:
+            One :class:`ImageResult` for a single input, a list for a list.
+
+        Raises:
+            TypeError, ValueError: an input of the wrong type, dtype or shape, or an empty list.
+            FileNotFoundError: a path that does not exist.
+        """
+        single = isinstance(images, (np.ndarray, str, Path))
+        items = [images] if single else list(images)
+        if not items:
+            raise ValueError("got an empty list of images; pass at least one image or path")
+        results: list[ImageResult | None] = [None] * len(items)
+        # Images are read a window at a time (bounded memory) and batched only with images of
+        # the same size: Mask R-CNN pads a batch to its largest image, and that padding would
+        # make a result depend on its batch-mates.
+        window = self.batch_size * 8
+        for start in range(0, len(items), window):
+            loaded = {start + i: _shrink(*_as_rgb(im, color_order), self.max_side)
+                      for i, im in enumerate(items[start:start + window])}
+            by_size: dict[tuple[int, int], list[int]] = {}
+            for index, (array, _, _) in loaded.items():
+                by_size.setdefault(array.shape[:2], []).append(index)
+            for indices in by_size.values():
+                for b in range(0, len(indices), self.batch_size):
+                    chunk = indices[b:b + self.batch_size]
+                    outs = self._predict_batch([loaded[i][0] for i in chunk], [loaded[i][1] for i in chunk])
+                    for i, out in zip(chunk, outs):
+                        results[i] = _grow(out, loaded[i][2])
+        return results[0] if single else results  # type: ignore[return-value]
+
+    @torch.inference_mode()
+    def classify(self, image: np.ndarray, boxes_xyxy: np.ndarray, scores: np.ndarray,
+                 masks: np.ndarray | None = None) -> ImageResult:
+        """Stage 2 alone, on head regions found by something else (e.g. a face detector).
+
+        Args:
+            image: ``(H, W, 3)`` uint8 RGB.
+            boxes_xyxy: ``(N, 4)`` head boxes in pixels.
+            scores: ``(N,)`` detector confidences in ``[0, 1]``.
+            masks: ``(N, H, W)`` bool; default: ellipses inscribed in the boxes (derived masks).
+        """
+        h, w = image.shape[:2]
+        boxes = torch.as_tensor(np.asarray(boxes_xyxy, np.float32).reshape(-1, 4), device=self.device)
+        if masks is None:
+            masks = np.zeros((len(boxes), h, w), bool)
+            for m, (x0, y0, x1, y1) in zip(masks, boxes_xyxy):
+                center = (int(round((x0 + x1) / 2)), int(round((y0 + y1) / 2)))
+                axes = (max(1, int(round((x1 - x0) / 2))), max(1, int(round((y1 - y0) / 2))))
+                m[:] = cv2.ellipse(np.zeros((h, w), np.uint8), center, axes, 0, 0, 360, 1, -1) > 0
+        tensor = torch.from_numpy(image).to(self.device).permute(2, 0, 1).float().div_(255)
+        mask_t = torch.as_tensor(masks, device=self.device).bool().reshape(-1, h, w)
+        score_t = torch.as_tensor(np.asarray(scores, np.float32).reshape(-1), device=self.device)
+        return self._finish([tensor], [(boxes, score_t, mask_t)], [image], [None])[0]
+
+    @torch.inference_mode()
+    def _predict_batch(self, images: list[np.ndarray], sources: list[str | None]) -> list[ImageResult]:
+        tensors = [torch.from_numpy(im).to(self.device).permute(2, 0, 1).float().div_(255)
+                   for im in images]
+        outputs = self.segmenter(tensors)
+        per_image = []
+        for out in outputs:
+            masks = out["masks"][:, 0] > self.mask_thresh
+            # A head whose mask thresholded to nothing has nothing to classify.
+            keep = masks.flatten(1).any(1)
+            per_image.append((out["boxes"][keep], out["scores"][keep], masks[keep]))
+        return self._finish(tensors, per_image, images, sources)
+
+    def _finish(self, tensors: list[torch.Tensor], per_image: list[tuple[torch.Tensor, ...]],
+                images: list[np.ndarray], sources: list[str | None]) -> list[ImageResult]:
+        """Crop and classify every head of every image in one classifier call; build results."""
+        crop = self.cls_config.crop
+        crops = []
+        for tensor, (boxes, _, masks) in zip(tensors, per_image):
+            if len(boxes):
+                index = torch.zeros(len(boxes), dtype=torch.long, device=self.device)
+                crops.append(crop_heads(tensor[None], masks, boxes, index, crop.size, crop.padding,
+                                        crop.fill, crop.fill_value))
+        probs = torch.zeros(0, len(self.class_names), device=self.device)
+        if crops:
+            x = (torch.cat(crops) - self.mean) / self.std
+            probs = torch.softmax(self.classifier(x).float(), dim=1)
+        results, offset = [], 0
+        for (boxes, scores, masks), image, source in zip(per_image, images, sources):
+            p = probs[offset:offset + len(boxes)].cpu().numpy()
+            offset += len(boxes)
+            heads = []
+            for box, score, mask, prob in zip(boxes.cpu().numpy(), scores.cpu().numpy(),
+                                              masks.cpu().numpy(), p):
+                k = int(prob.argmax())
+                heads.append(Head(tuple(float(v) for v in box), mask, float(score),
+                                  self.class_names[k], float(prob[k]),
+                                  {n: float(v) for n, v in zip(self.class_names, prob)}))
+            results.append(ImageResult(tuple(heads), image.shape[:2], source))
+        return results
+
+
+def predict_coco(pipe: HeadwearPipeline, coco: CocoHeads, progress: bool = True) -> dict[int, ImageResult]:
+    """Run ``pipe`` on every image of a COCO set; image id -> result."""
+    from tqdm import tqdm  # noqa: PLC0415
+
+    out = {}
+    for image_id in tqdm(coco.image_ids, desc="pipeline", disable=not progress, leave=False):
+        out[image_id] = pipe(coco.image_path(image_id))
+    return out

@@ -1,0 +1,249 @@
+"""Stage 2: classifier builders, freezing, checkpoints, crop sets, train/resume/eval tools."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from headseg.classification import (
+    ClassifierHead,
+    CropIndexDataset,
+    build_classifier,
+    check_crop_rules,
+    classifier_checkpoint,
+    classifier_head,
+    crop_transforms,
+    load_classifier,
+    normalize,
+    plot_worst_mistakes,
+    predict_probs,
+    preprocessing_from_checkpoint,
+    set_backbone_trainable,
+    train_classifier,
+    train_mode,
+)
+from headseg.config import ClsConfig, ClsModelConfig, CropConfig, SegConfig, load_config
+from headseg.segmentation import build_segmenter, segmenter_checkpoint
+from headseg.training import NonFiniteLossError, load_checkpoint, save_checkpoint
+from tests.conftest import TINY_SEG
+from tools import eval_cls, make_crops, train_cls
+
+TINY = ClsModelConfig(arch="mobilenet_v2", weights="none")
+CROP = ["crop.size=32"]
+# Two steps of batch 4 per epoch, 32 px crops, no worker processes: about a second per epoch.
+TINY_TRAIN = [*CROP, "model.weights=none", "train.batch_size=4", "train.max_iters=2", "train.epochs=1",
+              "train.frozen_epochs=0", "data.workers=0"]
+
+
+@pytest.fixture(scope="module")
+def crop_sets(synthetic_data: dict, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Ground-truth crop sets (32 px) of the synthetic train and val splits."""
+    out = tmp_path_factory.mktemp("crops")
+    return {split: make_crops.main(make_crops.parse_args(
+        ["--coco", str(synthetic_data[split]), "--out", str(out / split), "--no-progress", "--set", *CROP]))
+        for split in ("train", "val")}
+
+
+def _cfg(crop_sets: dict[str, Path], *extra: str) -> ClsConfig:
+    return load_config(ClsConfig, None, [*TINY_TRAIN, f"data.train_index={crop_sets['train']}",
+                                         f"data.val_index={crop_sets['val']}", *extra])
+
+
+# ----------------------------------------------------------------------------- model
+
+
+@pytest.mark.parametrize("head,linears", [("linear", 1), ("mlp", 3)])
+def test_builder_heads(head: str, linears: int) -> None:
+    model = build_classifier(ClsModelConfig(weights="none", head=head), num_classes=3).eval()
+    assert model(torch.rand(2, 3, 32, 32)).shape == (2, 3)
+    assert sum(isinstance(m, nn.Linear) for m in classifier_head(model)) == linears
+    assert isinstance(model.classifier, ClassifierHead)
+
+
+def test_builder_resnet_fc_head() -> None:
+    model = build_classifier(ClsModelConfig(arch="resnet18", weights="none"), num_classes=2).eval()
+    assert isinstance(model.fc, ClassifierHead)
+    assert model(torch.rand(1, 3, 32, 32)).shape == (1, 2)
+
+
+def test_builder_errors_name_the_fix() -> None:
+    with pytest.raises(ValueError, match="no offline ImageNet weights"):
+        build_classifier(ClsModelConfig(arch="resnet18", weights="imagenet"), 2)
+    with pytest.raises(ValueError, match="not a torchvision model"):
+        build_classifier(ClsModelConfig(arch="mobilenet_v9", weights="none"), 2)
+    with pytest.raises(ValueError, match="model.head='conv'"):
+        build_classifier(ClsModelConfig(weights="none", head="conv"), 2)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        build_classifier(ClsModelConfig(weights="/nonexistent.pth"), 2)
+
+
+def test_imagenet_weights_load_offline_and_old_head_is_dropped(caplog: pytest.LogCaptureFixture) -> None:
+    from headseg.weights import load_imagenet_state_dict
+
+    with caplog.at_level(logging.INFO, logger="headseg.classification"):
+        model = build_classifier(ClsModelConfig(weights="imagenet"), num_classes=3)
+    state = load_imagenet_state_dict("mobilenet_v2")
+    assert torch.equal(model.features[0][0].weight, state["features.0.0.weight"])
+    assert "classifier.1.weight" in caplog.text and "dropped 2" in caplog.text
+
+
+def test_frozen_backbone_trains_only_the_head() -> None:
+    model = build_classifier(TINY, num_classes=3)
+    set_backbone_trainable(model, False)
+    train_mode(model)
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert bns and not any(m.training for m in bns)  # ImageNet statistics stay put
+    before = bns[0].running_mean.clone()
+    model(torch.rand(4, 3, 32, 32)).sum().backward()
+    assert torch.equal(bns[0].running_mean, before)
+    head = {id(p) for p in classifier_head(model).parameters()}
+    for p in model.parameters():
+        assert (p.grad is not None) == (id(p) in head)
+    set_backbone_trainable(model, True)
+    train_mode(model)
+    assert all(m.training for m in bns) and all(p.requires_grad for p in model.parameters())
+
+
+def test_checkpoint_round_trip_reproduces_outputs(tmp_path: Path) -> None:
+    cfg = ClsConfig(model=TINY, crop=CropConfig(size=32))
+    model = build_classifier(cfg.model, 3).eval()
+    x = normalize(torch.rand(5, 3, 32, 32))
+    save_checkpoint(tmp_path / "c.pt", classifier_checkpoint(model, cfg, ["a", "b", "c"], epoch=0))
+    state = load_checkpoint(tmp_path / "c.pt", "classifier")
+    assert {"kind", "version", "model", "config", "class_names", "input_size", "mean", "std", "crop"} <= set(state)
+    loaded, loaded_cfg, names = load_classifier(tmp_path / "c.pt")
+    assert names == ["a", "b", "c"] and loaded_cfg == cfg and not loaded.training
+    assert torch.allclose(predict_probs(model, x), predict_probs(loaded, x), atol=1e-6)
+    prep = preprocessing_from_checkpoint(state)
+    assert prep.input_size == 32 and prep.crop == cfg.crop and len(prep.mean) == 3
+
+
+def test_normalize_and_predict_probs_shapes() -> None:
+    model = build_classifier(TINY, 4)
+    probs = predict_probs(model, normalize(torch.rand(3, 3, 32, 32)), batch_size=2)
+    assert probs.shape == (3, 4) and torch.allclose(probs.sum(1), torch.ones(3))
+    assert model.training  # the caller's mode is restored
+    assert predict_probs(model, torch.empty(0, 3, 32, 32)).shape == (0, 4)
+    with pytest.raises(ValueError, match=r"expected \(N, 3, S, S\)"):
+        normalize(torch.rand(3, 32, 32))
+    with pytest.raises(TypeError, match="divide uint8 by 255"):
+        normalize(torch.zeros(1, 3, 8, 8, dtype=torch.uint8))
+
+
+# ----------------------------------------------------------------------------- crop sets
+
+
+def test_gt_crop_set(crop_sets: dict[str, Path], synthetic_data: dict) -> None:
+    rows = list(csv.DictReader(crop_sets["train"].open()))
+    coco = json.loads(Path(synthetic_data["train"]).read_text())
+    assert len(rows) == sum(not a["iscrowd"] for a in coco["annotations"]) > 0
+    assert list(rows[0]) == ["crop", "label", "image_id", "ann_id", "source_image", "source"]
+    assert {r["source"] for r in rows} == {"gt"}
+    meta = json.loads((crop_sets["train"].parent / "crops.json").read_text())
+    assert meta["crop"]["size"] == 32 and meta["derived_masks"] is None  # synthetic masks are exact
+    data = CropIndexDataset(crop_sets["train"], (crop_sets["train"].parent / "classes.txt").read_text().split())
+    x, y = data[0]
+    assert x.shape == (3, 32, 32) and x.dtype == torch.float32 and 0 <= x.min() and x.max() <= 1
+    assert isinstance(y, int)
+    aug = CropIndexDataset(crop_sets["train"], data.class_names, crop_transforms(CropConfig(size=32), True))
+    assert aug[0][0].shape == (3, 32, 32) and aug[0][0].dtype == torch.float32
+
+
+def test_crop_set_errors(crop_sets: dict[str, Path], tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"crop.size=32"):
+        check_crop_rules(crop_sets["train"], CropConfig(size=64))
+    with pytest.raises(ValueError, match="not among the classes"):
+        CropIndexDataset(crop_sets["train"], ["cat", "dog"])
+    with pytest.raises(FileNotFoundError, match="make_crops"):
+        CropIndexDataset(tmp_path / "index.csv", ["a"])
+
+
+def test_pred_crop_set_with_tiny_segmenter(synthetic_data: dict, tmp_path: Path) -> None:
+    seg_cfg = load_config(SegConfig, None, TINY_SEG)
+    torch.manual_seed(0)
+    model = build_segmenter(seg_cfg.model, 1)
+    save_checkpoint(tmp_path / "seg.pt", segmenter_checkpoint(model, seg_cfg, ["head"]))
+    args = ["--coco", str(synthetic_data["val"]), "--from", "pred", "--segmenter", str(tmp_path / "seg.pt"),
+            "--no-progress", "--set", *CROP]
+    for extra, out in (([], "strict"), (["--score-thresh", "0", "--background"], "all")):
+        index = make_crops.main(make_crops.parse_args([*args, "--out", str(tmp_path / out), *extra]))
+        rows = list(csv.DictReader(index.open()))  # an untrained model may find nothing: accepted
+        assert all(r["source"] == "pred" and float(r["score"]) >= 0 for r in rows)
+        header = index.read_text().splitlines()[0].split(",")
+        assert header[-2:] == ["score", "iou"]
+    assert (tmp_path / "all" / "classes.txt").read_text().split()[-1] == "background"
+    with pytest.raises(ValueError, match="needs --segmenter"):
+        make_crops.main(make_crops.parse_args(["--coco", str(synthetic_data["val"]), "--out",
+                                               str(tmp_path / "x"), "--from", "pred"]))
+
+
+# ----------------------------------------------------------------------------- training and tools
+
+
+def test_train_resume_and_eval_tools(crop_sets: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    base = ["--out", str(out), "--no-progress", "--set", *TINY_TRAIN, "train.frozen_epochs=1",
+            f"data.train_index={crop_sets['train']}", f"data.val_index={crop_sets['val']}"]
+    result = train_cls.main(train_cls.parse_args(base))
+    for name in ("last.pt", "best.pt", "metrics.csv", "curves.png", "config.yaml"):
+        assert (out / name).is_file(), name
+    assert result["epochs"] == 1
+    state = load_checkpoint(out / "last.pt", "classifier")
+    assert state["epoch"] == 0 and state["phase"] == "frozen" and state["input_size"] == 32
+    assert "optimizer" not in load_checkpoint(out / "best.pt", "classifier")
+
+    # Resuming for a second epoch equals training two epochs straight (phase restored, seeded).
+    train_cls.main(train_cls.parse_args([*base, "train.epochs=2", "train.patience=5", "--resume"]))
+    resumed = load_checkpoint(out / "last.pt", "classifier")
+    assert resumed["epoch"] == 1 and resumed["phase"] == "full"
+    assert (out / "metrics.csv").read_text().count("\n") == 3  # header + 2 epochs
+    straight = tmp_path / "straight"
+    train_cls.main(train_cls.parse_args([*base[2:], "train.epochs=2", "train.patience=5",
+                                         "--out", str(straight)]))
+    other = load_checkpoint(straight / "last.pt", "classifier")
+    assert all(torch.equal(v, other["model"][k]) for k, v in resumed["model"].items())
+
+    metrics = eval_cls.main(eval_cls.parse_args([str(out / "best.pt"), str(crop_sets["val"]),
+                                                 "--out", str(tmp_path / "ev" / "val.json"), "--no-progress"]))
+    for name in ("val.json", "val_confusion.csv", "val_confusion.png", "val_mistakes.png", "val_predictions.csv"):
+        assert (tmp_path / "ev" / name).is_file(), name
+    assert json.loads((tmp_path / "ev" / "val.json").read_text()) == metrics
+    assert {"accuracy", "balanced_accuracy", "macro_f1"} <= set(metrics)
+    assert metrics["num_crops"] == len(list(csv.DictReader(crop_sets["val"].open())))
+
+
+@pytest.mark.parametrize("balance", ["sampler", "loss"])
+def test_class_balancing_runs(crop_sets: dict[str, Path], tmp_path: Path, balance: str) -> None:
+    result = train_classifier(_cfg(crop_sets, f"data.balance={balance}", "train.max_iters=1"),
+                              tmp_path, progress=False)
+    assert result["epochs"] == 1 and 0.0 <= result["best"] <= 1.0
+
+
+def test_early_stopping_stops(crop_sets: dict[str, Path], tmp_path: Path) -> None:
+    # lr=0 never improves on the first epoch, so patience 1 stops at epoch 2 of 5.
+    result = train_classifier(_cfg(crop_sets, "train.lr=0", "train.epochs=5", "train.patience=1",
+                                   "train.max_iters=1", "train.augment=false"), tmp_path, progress=False)
+    assert result["stopped_early"] and result["epochs"] == 2 and result["best_epoch"] == 0
+    again = train_classifier(_cfg(crop_sets, "train.lr=0", "train.epochs=5", "train.patience=1",
+                                  "train.max_iters=1", "train.augment=false"), tmp_path, resume=True,
+                             progress=False)
+    assert again["epochs"] == 2  # a stopped run stays stopped
+
+
+def test_non_finite_loss_names_epoch_and_step(crop_sets: dict[str, Path], tmp_path: Path) -> None:
+    with pytest.raises(NonFiniteLossError, match="epoch 1, step 2"):
+        train_classifier(_cfg(crop_sets, "train.lr=1e30", "train.weight_decay=0"), tmp_path, progress=False)
+
+
+def test_mistakes_gallery_without_mistakes(tmp_path: Path) -> None:
+    images = [np.zeros((8, 8, 3), np.uint8)] * 2
+    path = plot_worst_mistakes(images, [0, 1], torch.tensor([[0.9, 0.1], [0.2, 0.8]]), ["a", "b"],
+                               tmp_path / "m.png")
+    assert path.stat().st_size > 0

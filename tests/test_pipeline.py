@@ -1,0 +1,233 @@
+"""Stage 3: HeadwearPipeline and tools/predict.py with tiny untrained models."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from headseg import Head, HeadwearPipeline, ImageResult
+from headseg.classification import build_classifier, classifier_checkpoint
+from headseg.config import ClsConfig, SegConfig, load_config
+from headseg.segmentation import build_segmenter, segmenter_checkpoint
+from headseg.training import save_checkpoint
+from tests.conftest import TINY_SEG
+from tools import predict
+
+CLASSES = ["bare", "hard_hat", "cap"]
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    out = tmp_path_factory.mktemp("ckpt")
+    torch.manual_seed(0)
+    seg_cfg = load_config(SegConfig, None, [s for s in TINY_SEG if s.startswith("model.")])
+    seg = build_segmenter(seg_cfg.model, 1)
+    cls_cfg = load_config(ClsConfig, None, ["model.weights=none", "crop.size=32"])
+    clf = build_classifier(cls_cfg.model, len(CLASSES))
+    save_checkpoint(out / "seg.pt", segmenter_checkpoint(seg, seg_cfg, ["head"]))
+    save_checkpoint(out / "cls.pt", classifier_checkpoint(clf, cls_cfg, CLASSES))
+    return out / "seg.pt", out / "cls.pt"
+
+
+@pytest.fixture(scope="module")
+def pipe(checkpoints: tuple[Path, Path]) -> HeadwearPipeline:
+    # An untrained segmenter scores everything low: threshold 0 makes it return heads.
+    return HeadwearPipeline.from_checkpoint(*checkpoints, device="cpu", score_thresh=0.0)
+
+
+def _image(seed: int, h: int = 96, w: int = 128) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    image = rng.integers(0, 255, (h, w, 3), dtype=np.uint8)
+    cv2.ellipse(image, (w // 2, h // 2), (15, 20), 0, 0, 360, (200, 160, 130), -1)
+    return image
+
+
+def test_single_image_gives_typed_result(pipe: HeadwearPipeline) -> None:
+    result = pipe(_image(0))
+    assert isinstance(result, ImageResult) and result.image_size == (96, 128)
+    assert len(result) > 0
+    for head in result.heads:
+        assert isinstance(head, Head)
+        x0, y0, x1, y1 = head.box_xyxy
+        assert 0 <= x0 < x1 <= 128 and 0 <= y0 < y1 <= 96
+        assert head.mask.shape == (96, 128) and head.mask.dtype == bool and head.mask.any()
+        assert 0 <= head.score <= 1 and head.label in CLASSES
+        assert head.probs[head.label] == pytest.approx(head.label_prob)
+        assert sum(head.probs.values()) == pytest.approx(1.0, abs=1e-4)
+    scores = [h.score for h in result.heads]
+    assert scores == sorted(scores, reverse=True)
+
+
+def test_batch_equals_one_by_one(checkpoints: tuple[Path, Path]) -> None:
+    images = [_image(i) for i in range(3)] + [_image(9, 80, 60)]
+    batched = HeadwearPipeline.from_checkpoint(*checkpoints, device="cpu", score_thresh=0.0, batch_size=4)
+    single = HeadwearPipeline.from_checkpoint(*checkpoints, device="cpu", score_thresh=0.0, batch_size=1)
+    for a, b in zip(batched(images), [single(im) for im in images]):
+        assert len(a) == len(b)
+        for ha, hb in zip(a.heads, b.heads):
+            assert np.allclose(ha.box_xyxy, hb.box_xyxy, atol=1e-3)
+            assert ha.label == hb.label and ha.label_prob == pytest.approx(hb.label_prob, abs=1e-4)
+            assert (ha.mask != hb.mask).mean() < 1e-3
+
+
+def test_colour_order_and_paths(pipe: HeadwearPipeline, tmp_path: Path) -> None:
+    image = _image(1)
+    rgb = pipe(image)
+    bgr = pipe(np.ascontiguousarray(image[:, :, ::-1]), color_order="BGR")
+    assert [h.box_xyxy for h in rgb.heads] == [h.box_xyxy for h in bgr.heads]
+    path = tmp_path / "im.png"
+    cv2.imwrite(str(path), image[:, :, ::-1])
+    from_path = pipe(path)
+    assert from_path.source == str(path)
+    assert [h.box_xyxy for h in from_path.heads] == [h.box_xyxy for h in rgb.heads]
+    assert len(pipe(np.zeros((40, 50), np.uint8)).heads) >= 0  # grayscale is accepted
+
+
+def test_thresholds(checkpoints: tuple[Path, Path]) -> None:
+    image = _image(2)
+    low = HeadwearPipeline.from_checkpoint(*checkpoints, device="cpu", score_thresh=0.0)(image)
+    cut = float(np.median([h.score for h in low.heads]))
+    high = HeadwearPipeline.from_checkpoint(*checkpoints, device="cpu", score_thresh=cut)(image)
+    assert 0 < len(high) < len(low) and all(h.score >= cut for h in high.heads)
+    assert len(HeadwearPipeline.from_checkpoint(*checkpoints, device="cpu", score_thresh=1.0)(image)) == 0
+    with pytest.raises(ValueError, match="mask_thresh"):
+        HeadwearPipeline.from_checkpoint(*checkpoints, device="cpu", mask_thresh=1.5)
+
+
+def test_no_heads_is_an_empty_result(checkpoints: tuple[Path, Path]) -> None:
+    pipe = HeadwearPipeline.from_checkpoint(*checkpoints, device="cpu", score_thresh=1.0)
+    result = pipe(np.zeros((64, 64, 3), np.uint8))
+    assert result.heads == () and result.counts() == {}
+    assert result.to_json()["heads"] == [] and result.to_coco_results(1, {"bare": 1}) == []
+    assert result.draw(np.zeros((64, 64, 3), np.uint8)).shape == (64, 64, 3)
+
+
+@pytest.mark.parametrize("bad, error, message", [
+    (np.zeros((10, 10, 3), np.float32), TypeError, "uint8"),
+    (np.zeros((10, 10, 5), np.uint8), ValueError, "shape"),
+    (np.zeros((0, 10, 3), np.uint8), ValueError, "shape"),
+    ([], ValueError, "empty list"),
+    (42, TypeError, "int"),
+    ("/no/such/image.png", FileNotFoundError, "does not exist"),
+])
+def test_bad_input(pipe: HeadwearPipeline, bad, error, message) -> None:
+    with pytest.raises(error, match=message):
+        pipe(bad)
+
+
+def test_corrupt_file_is_a_clear_error(pipe: HeadwearPipeline, tmp_path: Path) -> None:
+    path = tmp_path / "broken.jpg"
+    path.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    with pytest.raises(ValueError, match="broken.jpg cannot be decoded"):
+        pipe(path)
+
+
+def test_exports_and_drawing(pipe: HeadwearPipeline) -> None:
+    image = _image(3)
+    result = pipe(image)
+    payload = json.loads(json.dumps(result.to_json()))
+    assert len(payload["heads"]) == len(result)
+    assert set(payload["heads"][0]) == {"box_xyxy", "score", "label", "label_prob", "probs", "mask_rle"}
+    records = result.to_coco_results(7, {name: i + 1 for i, name in enumerate(CLASSES)})
+    assert len(records) == len(result) and records[0]["image_id"] == 7
+    x0, y0, x1, y1 = result.heads[0].box_xyxy
+    assert records[0]["bbox"] == pytest.approx([x0, y0, x1 - x0, y1 - y0])
+    assert records[0]["score"] == pytest.approx(result.heads[0].score * result.heads[0].label_prob)
+    drawn = result.draw(image)
+    assert drawn.shape == image.shape and drawn.dtype == np.uint8 and not np.array_equal(drawn, image)
+    with pytest.raises(ValueError, match="this result is for"):
+        result.draw(image[:10])
+
+
+def _write_video(path: Path, frames: int = 5) -> None:
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 5.0, (128, 96))
+    for i in range(frames):
+        writer.write(_image(i)[:, :, ::-1].copy())
+    writer.release()
+
+
+def test_predict_tool_skips_bad_files_and_reads_video(checkpoints: tuple[Path, Path], tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i in range(2):
+        cv2.imwrite(str(folder / f"img{i}.jpg"), _image(i)[:, :, ::-1])
+    (folder / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    _write_video(folder / "clip.mp4", frames=5)
+    out = tmp_path / "out"
+    seg, cls = checkpoints
+    status = predict.main(predict.parse_args(
+        [str(folder), "--out", str(out), "--seg", str(seg), "--cls", str(cls), "--score-thresh", "0.0"]))
+    assert status == 1  # the corrupt file was skipped, and the exit status says so
+    records = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert len(records) == 2 + 5
+    assert sorted(r["frame"] for r in records if "frame" in r) == list(range(5))
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["processed"] == 3 and len(summary["skipped"]) == 1
+    assert "corrupt.png" in summary["skipped"][0]
+    assert (out / "img0.png").is_file() and (out / "clip.mp4").stat().st_size > 0
+    assert "corrupt.png" in capsys.readouterr().err
+
+
+def test_predict_tool_reports_missing_inputs(checkpoints: tuple[Path, Path], tmp_path: Path) -> None:
+    seg, cls = checkpoints
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    status = predict.main(predict.parse_args(
+        [str(empty), str(tmp_path / "nope.jpg"), "--out", str(tmp_path / "o"), "--seg", str(seg),
+         "--cls", str(cls)]))
+    assert status == 1
+    summary = json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert summary["files"] == 0 and len(summary["skipped"]) == 2
+
+
+def test_classify_external_boxes(pipe: HeadwearPipeline) -> None:
+    image = _image(4)
+    result = pipe.classify(image, np.array([[40, 30, 80, 70], [0, 0, 10, 12]]), np.array([0.9, 0.4]))
+    assert [h.score for h in result.heads] == pytest.approx([0.9, 0.4])
+    assert result.heads[0].mask[50, 60] and not result.heads[0].mask[31, 41]  # derived ellipse
+    assert len(pipe.classify(image, np.zeros((0, 4)), np.zeros(0))) == 0
+
+
+def test_haar_baseline_and_joint_evaluation(checkpoints: tuple[Path, Path], synthetic_data: dict,
+                                            tmp_path: Path) -> None:
+    from headseg.baselines import HaarFaceDetector
+    from tools import eval_pipeline
+
+    boxes, scores = HaarFaceDetector()(_image(5))
+    assert boxes.shape[1] == 4 and boxes.shape[0] == scores.shape[0]
+    assert np.all((scores > 0) & (scores < 1))
+
+    # a classifier whose labels are the synthetic attire categories
+    seg, _ = checkpoints
+    names = json.loads(Path(synthetic_data["test"]).read_text())["categories"]
+    cls_cfg = load_config(ClsConfig, None, ["model.weights=none", "crop.size=32"])
+    clf = build_classifier(cls_cfg.model, len(names))
+    cls_path = tmp_path / "cls7.pt"
+    save_checkpoint(cls_path, classifier_checkpoint(clf, cls_cfg, [c["name"] for c in names]))
+    out = tmp_path / "joint.json"
+    report = eval_pipeline.main(eval_pipeline.parse_args(
+        [str(synthetic_data["test"]), "--seg", str(seg), "--cls", str(cls_path), "--haar",
+         "--out", str(out)]))
+    for system in ("two_stage", "haar"):
+        for key in ("bbox/AP", "bbox/AP50", "precision", "recall"):
+            assert 0.0 <= report[f"{system}/{key}"] <= 1.0
+    assert json.loads(out.read_text()) == pytest.approx(report)
+
+
+def test_large_images_are_shrunk_and_mapped_back(checkpoints: tuple[Path, Path]) -> None:
+    pipe = HeadwearPipeline.from_checkpoint(*checkpoints, device="cpu", score_thresh=0.0, max_side=128)
+    big = cv2.resize(_image(6), (512, 384), interpolation=cv2.INTER_NEAREST)
+    result = pipe(big)
+    assert result.image_size == (384, 512)
+    small = HeadwearPipeline.from_checkpoint(*checkpoints, device="cpu", score_thresh=0.0)(
+        cv2.resize(big, (128, 96), interpolation=cv2.INTER_AREA))
+    assert len(result) == len(small)
+    for a, b in zip(result.heads, small.heads):
+        assert a.mask.shape == (384, 512)
+        assert np.allclose(a.box_xyxy, np.array(b.box_xyxy) * 4, atol=1e-3)

@@ -1,0 +1,51 @@
+"""Pack trained checkpoints for shipping: weights only (no optimizer state), stored as fp16.
+
+The weights are cast back to fp32 when loaded, so inference runs as trained; the only cost is
+fp16 rounding of each weight (measure it with tools/eval_seg.py and tools/eval_cls.py on val).
+
+Example (the bundled default model):
+    python tools/pack_model.py runs/seg_facemask/best.pt headseg/assets/segmenter.pt
+    python tools/pack_model.py runs/cls_facemask/best.pt headseg/assets/classifier.pt
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from headseg.training import save_checkpoint  # noqa: E402
+
+# Everything a checkpoint needs at inference; optimizer, scheduler and RNG states are dropped.
+KEEP = ("kind", "version", "model", "config", "class_names", "epoch", "metrics", "input_size",
+        "mean", "std", "crop")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("checkpoint", type=Path, help="best.pt of train_seg.py or train_cls.py")
+    parser.add_argument("out", type=Path, help="packed file")
+    parser.add_argument("--fp32", action="store_true", help="keep fp32 weights")
+    return parser.parse_args(argv)
+
+
+def main(args: argparse.Namespace) -> Path:
+    state = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
+    if not isinstance(state, dict) or not str(state.get("kind", "")).startswith("headseg-"):
+        raise ValueError(f"{args.checkpoint} is not a headseg checkpoint")
+    packed = {k: v for k, v in state.items() if k in KEEP}
+    if not args.fp32:
+        packed["model"] = {k: v.half() if v.is_floating_point() else v for k, v in state["model"].items()}
+    save_checkpoint(args.out, packed)
+    before, after = args.checkpoint.stat().st_size / 2**20, args.out.stat().st_size / 2**20
+    print(f"{args.out}: {after:.1f} MB (from {before:.1f} MB)")
+    return args.out
+
+
+if __name__ == "__main__":
+    main(parse_args())

@@ -1,0 +1,162 @@
+"""Run the head-attire pipeline on images, folders, globs and videos.
+
+Writes to ``--out``: one annotated PNG per image (``<name>.png``) or one annotated MP4 per
+video, ``predictions.jsonl`` (one record per image or video frame: boxes, RLE masks, scores,
+labels, probabilities) and ``summary.json`` (heads per attire class). An unreadable input is
+reported on one line and skipped; the exit status is then 1. Tracebacks only with ``--debug``.
+
+Examples:
+    python tools/predict.py docs/samples --out demo_output            # bundled default model
+    python tools/predict.py "site/*.jpg" clip.mp4 --out out \\
+        --seg runs/seg/best.pt --cls runs/cls/best.pt --score-thresh 0.6
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import sys
+from collections import Counter
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import cv2  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from headseg.io import IMAGE_EXTENSIONS, read_image, write_json  # noqa: E402
+from headseg.pipeline import HeadwearPipeline, ImageResult  # noqa: E402
+
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("inputs", nargs="+", help="image files, folders, globs or video files")
+    parser.add_argument("--out", type=Path, required=True, help="output folder")
+    parser.add_argument("--seg", type=Path, help="segmenter checkpoint (default: bundled model)")
+    parser.add_argument("--cls", type=Path, help="classifier checkpoint (default: bundled model)")
+    parser.add_argument("--score-thresh", type=float, default=0.5)
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--device", help="cpu, cuda... (default: cuda if available)")
+    parser.add_argument("--no-draw", action="store_true", help="JSON only, no annotated output")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    return parser.parse_args(argv)
+
+
+def expand_inputs(inputs: list[str]) -> tuple[list[Path], list[str]]:
+    """Files to process (folders and globs expanded, sorted) and inputs that matched nothing."""
+    files, missing = [], []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS + VIDEO_EXTENSIONS)
+            missing += [] if found else [f"{item}: folder holds no images or videos"]
+            files += found
+        elif path.is_file():
+            files.append(path)
+        elif any(c in item for c in "*?["):
+            matched = sorted(Path(p) for p in glob.glob(item) if Path(p).is_file())
+            missing += [] if matched else [f"{item}: pattern matches no file"]
+            files += matched
+        else:
+            missing.append(f"{item}: no such file or folder")
+    return files, missing
+
+
+def _run_video(pipe: HeadwearPipeline, path: Path, args: argparse.Namespace, sink, counts: Counter) -> str | None:
+    """Annotate a video frame by frame; returns a warning if it ended early (damaged frames)."""
+    cap = cv2.VideoCapture(str(path))
+    if not cap.isOpened():
+        raise ValueError(f"cannot open video {path}")
+    expected = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+    fps = cap.get(cv2.CAP_PROP_FPS) or 25.0
+    writer, frame_index = None, 0
+    with tqdm(total=expected or None, desc=path.name, unit="frame", leave=False) as bar:
+        while True:
+            ok, frame = cap.read()
+            if not ok or frame is None:
+                break
+            result = pipe(frame, color_order="BGR")
+            _record(sink, counts, result, str(path), frame_index)
+            if not args.no_draw:
+                if writer is None:
+                    writer = cv2.VideoWriter(str(args.out / f"{path.stem}.mp4"),
+                                             cv2.VideoWriter_fourcc(*"mp4v"), fps, frame.shape[1::-1])
+                writer.write(cv2.cvtColor(result.draw(frame[:, :, ::-1].copy()), cv2.COLOR_RGB2BGR))
+            frame_index += 1
+            bar.update()
+    cap.release()
+    if writer is not None:
+        writer.release()
+    if frame_index == 0:
+        raise ValueError(f"video {path} has no readable frame")
+    if expected and frame_index < expected:
+        return f"{path}: read {frame_index} of {expected} frames; the rest are damaged or missing"
+    return None
+
+
+def _record(sink, counts: Counter, result: ImageResult, source: str, frame: int | None = None) -> None:
+    record = result.to_json()
+    record["source"] = source
+    if frame is not None:
+        record["frame"] = frame
+    sink.write(json.dumps(record) + "\n")
+    counts.update(h.label for h in result.heads)
+
+
+def main(args: argparse.Namespace) -> int:
+    files, problems = expand_inputs(args.inputs)
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.seg or args.cls:
+        if not (args.seg and args.cls):
+            raise SystemExit("error: give both --seg and --cls, or neither for the bundled model")
+        pipe = HeadwearPipeline.from_checkpoint(args.seg, args.cls, args.device,
+                                                score_thresh=args.score_thresh, batch_size=args.batch_size)
+    else:
+        pipe = HeadwearPipeline.from_pretrained(args.device, score_thresh=args.score_thresh,
+                                                batch_size=args.batch_size)
+    counts: Counter = Counter()
+    done = 0
+    with open(args.out / "predictions.jsonl", "w") as sink:
+        for path in tqdm(files, desc="predict", unit="file"):
+            try:
+                if path.suffix.lower() in VIDEO_EXTENSIONS:
+                    warning = _run_video(pipe, path, args, sink, counts)
+                    if warning:
+                        tqdm.write(f"warning: {warning}", file=sys.stderr)
+                else:
+                    image = read_image(path)
+                    result = pipe(image)
+                    _record(sink, counts, result, str(path))
+                    if not args.no_draw:
+                        cv2.imwrite(str(args.out / f"{path.stem}.png"),
+                                    cv2.cvtColor(result.draw(image), cv2.COLOR_RGB2BGR))
+                done += 1
+            except (OSError, ValueError, TypeError) as e:
+                if args.debug:
+                    raise
+                problems.append(f"{path}: {e}")
+                tqdm.write(f"skipped {path}: {e}", file=sys.stderr)
+    summary = {"files": len(files), "processed": done, "skipped": problems,
+               "heads_per_class": dict(counts.most_common())}
+    write_json(args.out / "summary.json", summary)
+    print(f"{done}/{len(files)} files, {sum(counts.values())} heads: "
+          + ", ".join(f"{k} {v}" for k, v in counts.most_common()))
+    print(f"outputs in {args.out}")
+    for p in problems:
+        print(f"skipped: {p}", file=sys.stderr)
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    arguments = parse_args()
+    try:
+        sys.exit(main(arguments))
+    except (OSError, ValueError, TypeError) as error:
+        if arguments.debug:
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
