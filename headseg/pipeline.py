@@ -210,6 +210,7 @@ class HeadwearPipeline:
         score_thresh: Heads below this segmentation score are dropped.
         mask_thresh: Mask probability above which a pixel belongs to the head.
         batch_size: Images per segmenter forward pass.
+        amp: fp16 autocast on CUDA (ignored on the CPU).
         max_side: Larger inputs are shrunk to this long side before both stages (the segmenter
             shrinks them anyway) and results scaled back, so memory stays bounded.
     """
@@ -217,7 +218,8 @@ class HeadwearPipeline:
     def __init__(self, segmenter: nn.Module, classifier: nn.Module, seg_config: SegConfig,
                  cls_config: ClsConfig, class_names: Sequence[str], mean: Sequence[float],
                  std: Sequence[float], device: str | torch.device = "cpu", score_thresh: float = 0.5,
-                 mask_thresh: float = 0.5, batch_size: int = 4, max_side: int = 2048) -> None:
+                 mask_thresh: float = 0.5, batch_size: int = 4, max_side: int = 2048,
+                 amp: bool = True) -> None:
         if not 0.0 <= score_thresh <= 1.0 or not 0.0 < mask_thresh < 1.0:
             raise ValueError(f"score_thresh={score_thresh} must be in [0, 1] and "
                              f"mask_thresh={mask_thresh} in (0, 1)")
@@ -231,6 +233,9 @@ class HeadwearPipeline:
         self.mask_thresh = mask_thresh
         self.batch_size = max(1, batch_size)
         self.max_side = max_side
+        self.amp = amp and self.device.type == "cuda"
+        if self.device.type == "cuda":
+            self.classifier.to(memory_format=torch.channels_last)
         self.score_thresh = score_thresh
 
     @property
@@ -345,13 +350,14 @@ class HeadwearPipeline:
     def _predict_batch(self, images: list[np.ndarray], sources: list[str | None]) -> list[ImageResult]:
         tensors = [torch.from_numpy(im).to(self.device).permute(2, 0, 1).float().div_(255)
                    for im in images]
-        outputs = self.segmenter(tensors)
+        with torch.autocast(self.device.type, enabled=self.amp):
+            outputs = self.segmenter(tensors)
         per_image = []
         for out in outputs:
             masks = out["masks"][:, 0] > self.mask_thresh
             # A head whose mask thresholded to nothing has nothing to classify.
             keep = masks.flatten(1).any(1)
-            per_image.append((out["boxes"][keep], out["scores"][keep], masks[keep]))
+            per_image.append((out["boxes"][keep].float(), out["scores"][keep].float(), masks[keep]))
         return self._finish(tensors, per_image, images, sources)
 
     def _finish(self, tensors: list[torch.Tensor], per_image: list[tuple[torch.Tensor, ...]],
@@ -367,7 +373,10 @@ class HeadwearPipeline:
         probs = torch.zeros(0, len(self.class_names), device=self.device)
         if crops:
             x = (torch.cat(crops) - self.mean) / self.std
-            probs = torch.softmax(self.classifier(x).float(), dim=1)
+            if self.device.type == "cuda":
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(self.device.type, enabled=self.amp):
+                probs = torch.softmax(self.classifier(x).float(), dim=1)
         results, offset = [], 0
         for (boxes, scores, masks), image, source in zip(per_image, images, sources):
             p = probs[offset:offset + len(boxes)].cpu().numpy()

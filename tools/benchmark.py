@@ -52,6 +52,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
+    parser.add_argument("--profile", action="store_true", help="also time headseg stage by stage")
     parser.add_argument("--out", type=Path, help="JSON report")
     return parser.parse_args(argv)
 
@@ -142,7 +143,45 @@ def _run(system: str, args: argparse.Namespace, queue: mp.Queue) -> None:
         result["classification_fraction"] = 1.0 - timings["seg"] / times[-1]
     if device.type == "cuda":
         result["peak_gpu_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+    if system == "headseg" and args.profile:
+        result["profile_ms_per_image"] = _profile(pipe, images, device)
     queue.put(result)
+
+
+@torch.inference_mode()
+def _profile(pipe, images: list[np.ndarray], device: torch.device) -> dict[str, float]:
+    """Milliseconds per image in each stage of the pipeline, one image at a time."""
+    from torchvision.models.detection.roi_heads import paste_masks_in_image
+    from torchvision.models.detection.transform import resize_boxes
+
+    model, stages = pipe.segmenter, {}
+
+    def tick(name: str, t0: float) -> float:
+        _sync(device)
+        now = time.perf_counter()
+        stages[name] = stages.get(name, 0.0) + (now - t0) * 1000 / len(images)
+        return now
+
+    for image in images:
+        t = time.perf_counter()
+        x = [torch.from_numpy(image).to(device).permute(2, 0, 1).float().div_(255)]
+        t = tick("to_tensor", t)
+        image_list, _ = model.transform(x)
+        t = tick("resize_normalize", t)
+        features = model.backbone(image_list.tensors)
+        t = tick("backbone_fpn", t)
+        proposals, _ = model.rpn(image_list, features)
+        t = tick("rpn", t)
+        dets, _ = model.roi_heads(features, proposals, image_list.image_sizes)
+        t = tick("roi_heads_box_mask", t)
+        det = dets[0]
+        boxes = resize_boxes(det["boxes"], image_list.image_sizes[0], image.shape[:2])
+        masks = paste_masks_in_image(det["masks"], boxes, image.shape[:2])[:, 0] > pipe.mask_thresh
+        t = tick("paste_masks", t)
+        keep = masks.flatten(1).any(1)
+        pipe._finish(x, [(boxes[keep], det["scores"][keep], masks[keep])], [image], [None])
+        tick("crops_classify_results", t)
+    return stages
 
 
 def main(args: argparse.Namespace) -> list[dict]:
@@ -163,6 +202,11 @@ def main(args: argparse.Namespace) -> list[dict]:
         peak = r.get("peak_gpu_mb", r["peak_cpu_rss_mb"])
         print(f"{r['system']:<12}{r['images_per_second']:>9.2f}{r['ms_per_image']:>9.1f}{ratio:>8}"
               f"{peak:>10.0f}{r['heads_per_pass']:>7}")
+    for r in results:
+        if "classification_fraction" in r:
+            print(f"{r['system']}: crops + classification = {100 * r['classification_fraction']:.1f}% of time")
+        for stage, ms in r.get("profile_ms_per_image", {}).items():
+            print(f"  {stage:<24}{ms:>9.1f} ms/img")
     if args.out:
         report = {"date": date.today().isoformat(), "machine": platform.platform(),
                   "processor": platform.processor(), "device": args.device,
