@@ -71,7 +71,8 @@ def main(args: argparse.Namespace) -> Path:
     index = make_crop_set(coco, args.out, crop, segmenter, args.score_thresh, args.iou_thresh,
                           args.background, args.device, progress=not args.no_progress)
     rows = index.read_text().count("\n") - 1
-    derived = f" (masks derived from boxes: {coco.derived_masks})" if coco.derived_masks else ""
+    masked = coco.derived_masks and crop.fill != "none"
+    derived = f" (masks derived from boxes: {coco.derived_masks})" if masked else ""
     print(f"{rows} crops from {args.coco}{derived} -> {index}")
     return index
 
