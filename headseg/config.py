@@ -49,6 +49,7 @@ class SegModelConfig:
     rpn_post_nms_top_n_test: int = 300  # torchvision 1000; see docs/PERFORMANCE.md
     box_detections_per_img: int = 100  # crowded scenes have dozens of heads
     box_score_thresh: float = 0.05  # low, so COCO AP sees the whole precision/recall curve
+    box_from_mask: bool = True  # report the mask's tight box: +0.11 AP50 on hardhat val (RESULTS.md)
 
 
 @dataclass(frozen=True)

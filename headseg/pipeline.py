@@ -27,6 +27,7 @@ from headseg.config import ClsConfig, SegConfig
 from headseg.crops import crop_heads
 from headseg.data import CocoHeads
 from headseg.io import read_image
+from headseg.segmentation import boxes_from_masks
 
 log = logging.getLogger(__name__)
 
@@ -357,7 +358,10 @@ class HeadwearPipeline:
             masks = out["masks"][:, 0] > self.mask_thresh
             # A head whose mask thresholded to nothing has nothing to classify.
             keep = masks.flatten(1).any(1)
-            per_image.append((out["boxes"][keep].float(), out["scores"][keep].float(), masks[keep]))
+            boxes, masks = out["boxes"][keep].float(), masks[keep]
+            if self.seg_config.model.box_from_mask:
+                boxes = boxes_from_masks(masks, boxes)
+            per_image.append((boxes, out["scores"][keep].float(), masks))
         return self._finish(tensors, per_image, images, sources)
 
     def _finish(self, tensors: list[torch.Tensor], per_image: list[tuple[torch.Tensor, ...]],

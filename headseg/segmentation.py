@@ -196,14 +196,42 @@ def load_segmenter(path: str | Path, device: str | torch.device = "cpu",
 # ----------------------------------------------------------------------------- inference
 
 
+def boxes_from_masks(masks: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+    """Tight xyxy boxes of binary masks, in pixel-extent convention (a pixel at x spans x..x+1).
+
+    Args:
+        masks: ``(N, H, W)`` bool.
+        boxes: ``(N, 4)`` xyxy fallback for masks that are empty.
+
+    Returns:
+        ``(N, 4)`` float xyxy.
+    """
+    if masks.numel() == 0:
+        return boxes.clone()
+    cols, rows = masks.any(1), masks.any(2)
+    w, h = masks.shape[2], masks.shape[1]
+    xs = torch.arange(w, device=masks.device)
+    ys = torch.arange(h, device=masks.device)
+    x0 = torch.where(cols, xs, w).amin(1)
+    x1 = torch.where(cols, xs, -1).amax(1) + 1
+    y0 = torch.where(rows, ys, h).amin(1)
+    y1 = torch.where(rows, ys, -1).amax(1) + 1
+    out = torch.stack([x0, y0, x1, y1], 1).to(boxes.dtype)
+    empty = ~cols.any(1)
+    out[empty] = boxes[empty]
+    return out
+
+
+
 @torch.inference_mode()
 def predict_dataset(model: MaskRCNN, dataset: HeadDataset, device: torch.device,
                     batch_size: int = 2, category_ids: Sequence[int] | None = None,
-                    progress: bool = True) -> list[dict[str, Any]]:
+                    progress: bool = True, box_from_mask: bool = False) -> list[dict[str, Any]]:
     """COCO results (bbox and RLE segm) of ``model`` on every image of ``dataset``.
 
     Args:
         category_ids: COCO category id of each model label 1..K; default: the label itself.
+        box_from_mask: Report each mask's tight box instead of the box head's.
     """
     from headseg.evaluation import to_coco_results  # noqa: PLC0415 (evaluation imports torch only)
 
@@ -216,21 +244,25 @@ def predict_dataset(model: MaskRCNN, dataset: HeadDataset, device: torch.device,
         for out, tgt in zip(outputs, targets):
             labels = out["labels"].cpu().numpy()
             cats = labels if category_ids is None else np.asarray(category_ids)[labels - 1]
-            masks = (out["masks"][:, 0] > 0.5).cpu().numpy()
-            results += to_coco_results(tgt["image_id"], out["boxes"].cpu().numpy(),
+            masks = out["masks"][:, 0] > 0.5
+            boxes = boxes_from_masks(masks, out["boxes"]) if box_from_mask else out["boxes"]
+            masks = masks.cpu().numpy()
+            results += to_coco_results(tgt["image_id"], boxes.cpu().numpy(),
                                        out["scores"].cpu().numpy(), cats, masks)
     return results
 
 
 def evaluate_segmenter(model: MaskRCNN, coco: CocoHeads, device: torch.device,
                        class_agnostic: bool = True, derived_mask: str = "ellipse",
-                       progress: bool = True) -> tuple[dict[str, float], list[dict[str, Any]]]:
+                       progress: bool = True, box_from_mask: bool = False
+                       ) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """COCO bbox and segm metrics of ``model`` on ``coco`` and the raw results."""
     from headseg.evaluation import coco_evaluate  # noqa: PLC0415
 
     dataset = HeadDataset(coco, class_agnostic=class_agnostic, derived_mask=derived_mask)
     cat_ids = None if class_agnostic else sorted(coco.categories)
-    results = predict_dataset(model, dataset, device, category_ids=cat_ids, progress=progress)
+    results = predict_dataset(model, dataset, device, category_ids=cat_ids, progress=progress,
+                              box_from_mask=box_from_mask)
     metrics = coco_evaluate(coco.dataset, results, ("bbox", "segm"), class_agnostic=class_agnostic)
     return metrics, results
 
@@ -368,7 +400,8 @@ def train_segmenter(cfg: SegConfig, out_dir: str | Path, resume: bool = False,
         if d.is_main:
             if val_coco is not None:
                 last_metrics, _ = evaluate_segmenter(model, val_coco, device, cfg.data.class_agnostic,
-                                                     cfg.data.derived_mask, progress)
+                                                     cfg.data.derived_mask, progress,
+                                                     cfg.model.box_from_mask)
                 row.update({k: v for k, v in last_metrics.items() if k.count("/") == 1})
             score = last_metrics.get(t.select_metric, -row["loss"]) if val_coco else -row["loss"]
             improved = score > best

@@ -174,3 +174,15 @@ def test_ddp_two_processes_gloo(synthetic_data: dict, tmp_path: Path) -> None:
     state = load_checkpoint(out / "last.pt", "segmenter")
     assert state["epoch"] == 0
     assert not any(k.startswith("module.") for k in state["model"])  # saved unwrapped
+
+
+def test_boxes_from_masks_pixel_extent_and_empty_fallback() -> None:
+    from headseg.segmentation import boxes_from_masks
+
+    masks = torch.zeros(3, 10, 12, dtype=torch.bool)
+    masks[0, 2:5, 3:9] = True
+    masks[1, 7, 11] = True  # one pixel at the corner
+    fallback = torch.tensor([[0.0, 0, 1, 1], [0, 0, 1, 1], [1.5, 2.5, 3.5, 4.5]])
+    out = boxes_from_masks(masks, fallback)
+    assert out.tolist() == [[3, 2, 9, 5], [11, 7, 12, 8], [1.5, 2.5, 3.5, 4.5]]
+    assert boxes_from_masks(masks[:0], fallback[:0]).shape == (0, 4)

@@ -79,10 +79,11 @@ def main(args: argparse.Namespace) -> dict[str, float]:
         at_op = [r for i, res in results.items() for r in res.to_coco_results(i, category_ids, "seg")]
         report.update({f"{name}/{k}": v for k, v in _score(coco, joint, at_op, args.op_thresh).items()})
     if args.single_stage:
-        model, _, names = load_segmenter(args.single_stage, args.device)
+        model, single_cfg, names = load_segmenter(args.single_stage, args.device)
         if sorted(names) != sorted(category_ids):
             raise ValueError(f"--single-stage model classes {names} differ from {sorted(category_ids)}")
-        _, results = evaluate_segmenter(model, coco, args.device, class_agnostic=False)
+        _, results = evaluate_segmenter(model, coco, args.device, class_agnostic=False,
+                                        box_from_mask=single_cfg.model.box_from_mask)
         report.update({f"single_stage/{k}": v for k, v in
                        _score(coco, results, results, args.op_thresh).items()})
     systems_run = [s for s in ("two_stage", "single_stage", "haar") if f"{s}/bbox/AP" in report]

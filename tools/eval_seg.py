@@ -17,6 +17,8 @@ import logging
 import sys
 from pathlib import Path
 
+import yaml
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from headseg.data import load_coco  # noqa: E402
@@ -43,12 +45,13 @@ def main(args: argparse.Namespace) -> dict[str, float]:
     overrides = {}
     for item in args.set:
         key, _, value = item.partition("=")
-        overrides[key.removeprefix("model.")] = float(value) if "." in value else int(value)
+        overrides[key.removeprefix("model.")] = yaml.safe_load(value)
     model, cfg, class_names = load_segmenter(args.checkpoint, args.device, **overrides)
     coco = load_coco(args.annotations, args.image_root)
     agnostic = class_names == ["head"]
     metrics, results = evaluate_segmenter(model, coco, args.device, class_agnostic=agnostic,
-                                          derived_mask=cfg.data.derived_mask)
+                                          derived_mask=cfg.data.derived_mask,
+                                          box_from_mask=cfg.model.box_from_mask)
     print(format_metrics_table(metrics))
     if coco.derived_masks:
         print(f"note: masks in {args.annotations} are derived from boxes ({coco.derived_masks}); "
