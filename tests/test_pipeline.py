@@ -231,3 +231,16 @@ def test_large_images_are_shrunk_and_mapped_back(checkpoints: tuple[Path, Path])
     for a, b in zip(result.heads, small.heads):
         assert a.mask.shape == (384, 512)
         assert np.allclose(a.box_xyxy, np.array(b.box_xyxy) * 4, atol=1e-3)
+
+
+def test_bundled_default_finds_heads_in_a_sample_photo() -> None:
+    from headseg.pipeline import ASSETS
+
+    sizes = [(ASSETS / name).stat().st_size for name in ("segmenter.pt", "classifier.pt")]
+    assert sum(sizes) < 30 * 2**20  # the wheel stays small
+    pipe = HeadwearPipeline.from_pretrained(device="cpu")
+    assert pipe.class_names == ["with_mask", "without_mask", "mask_weared_incorrect"]
+    root = Path(__file__).resolve().parents[1]
+    result = pipe(root / "docs" / "samples" / "maksssksksss134.jpg")
+    assert len(result) >= 1
+    assert all(h.score >= 0.5 and h.label in pipe.class_names for h in result.heads)
