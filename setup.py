@@ -25,6 +25,6 @@ setup(
         "matplotlib>=3.7",
     ],
     extras_require={
-        "dev": ["pytest>=7.4", "hypothesis>=6.80", "onnx>=1.14"],
+        "dev": ["pytest>=7.4", "hypothesis>=6.80", "onnx>=1.14", "onnxscript>=0.5", "onnxruntime>=1.18"],
     },
 )

@@ -1,0 +1,75 @@
+"""Export trained checkpoints to ONNX and TorchScript, checking each export against PyTorch.
+
+Writes ``classifier.onnx``, ``classifier.ts`` and ``segmenter.ts`` to ``--out`` and tries
+``segmenter.onnx`` (best-effort in torchvision); prints the largest output difference of each.
+
+Example:
+    python tools/export.py --seg headseg/assets/segmenter.pt --cls headseg/assets/classifier.pt --out exported/
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from headseg.classification import load_classifier  # noqa: E402
+from headseg.export import (  # noqa: E402
+    export_classifier_onnx,
+    export_classifier_torchscript,
+    export_segmenter_onnx,
+    export_segmenter_torchscript,
+)
+from headseg.segmentation import load_segmenter  # noqa: E402
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seg", type=Path, help="segmenter checkpoint")
+    parser.add_argument("--cls", type=Path, help="classifier checkpoint")
+    parser.add_argument("--out", type=Path, required=True)
+    return parser.parse_args(argv)
+
+
+@torch.inference_mode()
+def main(args: argparse.Namespace) -> dict[str, str]:
+    report: dict[str, str] = {}
+    if args.cls:
+        model, cfg, _ = load_classifier(args.cls)
+        size = cfg.crop.size
+        x = torch.rand(4, 3, size, size)
+        ref = model(x)
+        ts = torch.jit.load(str(export_classifier_torchscript(model, size, args.out / "classifier.ts")))
+        report["classifier.ts"] = f"max |diff| {(ts(x) - ref).abs().max():.2e}"
+        try:
+            import onnxruntime as ort  # noqa: PLC0415
+
+            path = export_classifier_onnx(model, size, args.out / "classifier.onnx")
+            session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+            out = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+            report["classifier.onnx"] = f"max |diff| {np.abs(out - ref.numpy()).max():.2e}"
+        except ImportError:
+            report["classifier.onnx"] = "skipped: pip install onnxruntime onnxscript"
+    if args.seg:
+        model, cfg, _ = load_segmenter(args.seg)
+        image = torch.rand(3, 300, 400)
+        ref = model([image])[0]
+        scripted = torch.jit.load(str(export_segmenter_torchscript(model, args.out / "segmenter.ts")))
+        got = scripted([image])[1][0]
+        same = len(got["boxes"]) == len(ref["boxes"]) and torch.allclose(got["boxes"], ref["boxes"], atol=1e-3)
+        report["segmenter.ts"] = "same detections" if same else "detections differ"
+        _, status = export_segmenter_onnx(model, args.out / "segmenter.onnx", 300, 400)
+        report["segmenter.onnx"] = status
+    for name, status in report.items():
+        print(f"{name:<18}{status}")
+    return report
+
+
+if __name__ == "__main__":
+    main(parse_args())
