@@ -289,13 +289,15 @@ def predict_probs(model: nn.Module, crops_normalized: torch.Tensor, batch_size: 
         ``(N, K)`` float32 on the CPU, rows summing to 1; ``(0, K)`` when ``N == 0``.
     """
     device = next(model.parameters()).device
-    was_training = model.training
+    # Restored module by module: a training model may hold frozen batch norms in eval mode.
+    modes = [(m, m.training) for m in model.modules()]
     model.eval()
     try:
         out = [F.softmax(model(crops_normalized[i:i + batch_size].to(device)).float(), dim=1).cpu()
                for i in range(0, crops_normalized.shape[0], batch_size)]
     finally:
-        model.train(was_training)
+        for m, training in modes:
+            m.training = training
     return torch.cat(out) if out else torch.empty((0, _num_classes(model)))
 
 
@@ -705,10 +707,10 @@ def train_classifier(cfg: ClsConfig, out_dir: str | Path, resume: bool = False,
         best_loss = state["best_loss"]
         bad_epochs, stopped = state["bad_epochs"], state["stopped_early"]
         set_rng_state(state["rng"])
-        metrics_log.truncate(start_epoch)
         log.info("resumed from %s at epoch %d", last_path, start_epoch + 1)
     elif resume:
         log.warning("--resume: no %s yet, starting from scratch", last_path)
+    metrics_log.truncate(start_epoch)  # a fresh run in an old folder starts a fresh log
     (out_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
     phase, optimizer, last_metrics, epoch = None, None, {}, start_epoch - 1

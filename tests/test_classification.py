@@ -130,7 +130,11 @@ def test_normalize_and_predict_probs_shapes() -> None:
     model = build_classifier(TINY, 4)
     probs = predict_probs(model, normalize(torch.rand(3, 3, 32, 32)), batch_size=2)
     assert probs.shape == (3, 4) and torch.allclose(probs.sum(1), torch.ones(3))
-    assert model.training  # the caller's mode is restored
+    assert model.training  # the caller's mode is restored ...
+    set_backbone_trainable(model, False)
+    train_mode(model)
+    predict_probs(model, normalize(torch.rand(1, 3, 32, 32)))
+    assert not model.features[0][1].training  # ... frozen batch norms included
     assert predict_probs(model, torch.empty(0, 3, 32, 32)).shape == (0, 4)
     with pytest.raises(ValueError, match=r"expected \(N, 3, S, S\)"):
         normalize(torch.rand(3, 32, 32))

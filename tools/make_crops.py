@@ -12,8 +12,9 @@ facemask and hardhat sets) the masks are DERIVED from the boxes (inscribed ellip
 category of the ground-truth head it overlaps best if that box IoU is >= ``--iou-thresh``, the
 others are dropped or, with ``--background``, kept as class ``background``.
 
-Default recipe (the classifier's ``crop`` section, headseg/config.py): square of the box's longer
-side plus 15 % padding each side, grey 114 outside the mask, 128 px.
+Default recipe (the ``crop`` section of configs/cls_default.yaml): square of the box's longer
+side plus 15 % padding each side, grey 114 outside the mask, 96 px. Without ``--config`` the
+headseg/config.py defaults apply (128 px); the crop rules must match the classifier's config.
 
 Examples:
     python tools/make_crops.py --coco work_data/hardhat/train.json --out work_data/crops_hardhat/train \\

@@ -1,10 +1,11 @@
 """Train the stage-2 attire classifier on crops written by tools/make_crops.py.
 
 Default recipe (configs/cls_default.yaml): ImageNet MobileNetV2, new dropout + Linear head,
-128 px masked crops (grey outside the derived ellipse mask, 15 % padding), Adam lr 1e-3 on the
+96 px masked crops (grey outside the head mask, 15 % padding), Adam lr 1e-3 on the
 head for 2 frozen epochs, then the whole network at lr 1e-4, batch 32, label smoothing 0.05,
 class-balanced sampling, flip/affine/colour/erasing augmentation; val macro-F1 picks
-``best.pt`` and stops the run after 4 epochs without improvement.
+``best.pt`` (val loss breaks ties) and stops the run after 4 epochs without improvement.
+Results and timings on the real sets: docs/RESULTS_cls.md.
 
 Examples:
     python tools/train_cls.py --config configs/cls_hardhat.yaml --out runs/cls_hardhat
