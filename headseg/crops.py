@@ -318,29 +318,36 @@ def crop_heads(images: torch.Tensor, masks: torch.Tensor | None, boxes: torch.Te
     # image channels can be completed with grey exactly where a warp would see its border.
     source = F.pad(torch.cat([images, images.new_ones((images.shape[0], 1, h, w))], dim=1), (1, 1, 1, 1))
     rois = torch.cat([image_index[:, None].to(boxes.dtype), squares + 1.0], dim=1)
-    crop = roi_align(source, rois, output_size=size, spatial_scale=1.0, sampling_ratio=2, aligned=True)
-    inside_image = crop[:, 3:]
     if fill == "none":
-        return (crop[:, :3] + (1.0 - inside_image) * grey).clamp_(0.0, 1.0)
+        crop = roi_align(source, rois, output_size=size, spatial_scale=1.0, sampling_ratio=2, aligned=True)
+        return (crop[:, :3] + (1.0 - crop[:, 3:]) * grey).clamp_(0.0, 1.0)
+    # Masked fills take the image channels from the per-head windows below: only the
+    # in-image indicator is needed here.
+    inside_image = roi_align(source[:, 3:].contiguous(), rois, output_size=size, spatial_scale=1.0,
+                             sampling_ratio=2, aligned=True)
 
     assert masks is not None
-    # The masked image of every head is built at full size, as crop_head does, and resampled
-    # after blending, so mask outlines resample alike. One image at a time bounds the extra
-    # memory to (heads in that image) x 3 x H x W.
-    masks_padded = source.new_zeros((n, 1, h + 2, w + 2))
-    masks_padded[:, 0, 1:-1, 1:-1] = masks  # bool or float, converted by the copy
-    per_head = torch.cat([torch.arange(n, device=device, dtype=boxes.dtype)[:, None], squares + 1.0], dim=1)
-    head = roi_align(masks_padded, per_head, output_size=size, spatial_scale=1.0, sampling_ratio=2,
-                     aligned=True)
-    masked = crop.new_empty((n, 3, size, size))
-    for b in range(images.shape[0]):
-        heads = (image_index == b).nonzero()[:, 0]
-        if heads.numel() == 0:
-            continue
-        local = torch.cat([torch.arange(heads.numel(), device=device, dtype=boxes.dtype)[:, None],
-                           squares[heads] + 1.0], dim=1)
-        masked[heads] = roi_align(masks_padded[heads] * source[b:b + 1, :3], local, output_size=size,
-                                  spatial_scale=1.0, sampling_ratio=2, aligned=True)
+    # The masked image of every head is blended at full resolution, as crop_head does, and
+    # resampled after blending, so mask outlines resample alike. Only the window under each
+    # square (plus two pixels for the bilinear taps) is blended: roi_align reads nothing else,
+    # so this is exact, and the cost follows the head's size rather than the image's.
+    masked_and_head = source.new_empty((n, 4, size, size))
+    padded_h, padded_w = h + 2, w + 2
+    # Window of each square in padded pixels: floor - 2 and ceil + 2, shifted by the border.
+    windows = torch.cat([squares[:, :2].floor() - 1, squares[:, 2:].ceil() + 3], dim=1).long().tolist()
+    for i, (b, (wx0, wy0, wx1, wy1)) in enumerate(zip(image_index.tolist(), windows)):
+        wx0, wy0 = max(0, wx0), max(0, wy0)
+        wx1, wy1 = max(wx0 + 1, min(padded_w, wx1)), max(wy0 + 1, min(padded_h, wy1))
+        window = source.new_zeros((4, wy1 - wy0, wx1 - wx0))
+        # The mask lives at padded (y + 1, x + 1); the one-pixel border stays zero.
+        my0, mx0, my1, mx1 = max(wy0, 1), max(wx0, 1), min(wy1, h + 1), min(wx1, w + 1)
+        if my1 > my0 and mx1 > mx0:
+            window[3, my0 - wy0:my1 - wy0, mx0 - wx0:mx1 - wx0] = masks[i, my0 - 1:my1 - 1, mx0 - 1:mx1 - 1]
+        window[:3] = source[b, :3, wy0:wy1, wx0:wx1] * window[3:]
+        roi = (squares[i:i + 1] + 1.0) - squares.new_tensor([wx0, wy0, wx0, wy0])
+        masked_and_head[i] = roi_align(window[None], [roi], output_size=size, spatial_scale=1.0,
+                                       sampling_ratio=2, aligned=True)[0]
+    masked, head = masked_and_head[:, :3], masked_and_head[:, 3:]
     # In-image, outside-the-mask share of each output pixel. The blurred image is smooth, so
     # resampling it apart from that share costs nothing measurable; a constant costs nothing.
     background = inside_image - head
