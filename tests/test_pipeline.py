@@ -213,11 +213,18 @@ def test_haar_baseline_and_joint_evaluation(checkpoints: tuple[Path, Path], synt
     out = tmp_path / "joint.json"
     report = eval_pipeline.main(eval_pipeline.parse_args(
         [str(synthetic_data["test"]), "--seg", str(seg), "--cls", str(cls_path), "--haar",
-         "--out", str(out)]))
+         "--op-thresh", "two_stage=0.3", "--out", str(out)]))
     for system in ("two_stage", "haar"):
         for key in ("bbox/AP", "bbox/AP50", "precision", "recall"):
             assert 0.0 <= report[f"{system}/{key}"] <= 1.0
+        # the F1-best threshold of the sweep is at least as good as the operating point
+        assert report[f"{system}/f1_best_thresh"] in eval_pipeline.SWEEP
+        assert report[f"{system}/f1_at_best_thresh"] >= report[f"{system}/f1"]
+    assert report["two_stage/op_thresh"] == 0.3 and report["haar/op_thresh"] == 0.5
     assert json.loads(out.read_text()) == pytest.approx(report)
+    with pytest.raises(SystemExit, match="SYSTEM=T"):
+        eval_pipeline.main(eval_pipeline.parse_args(
+            [str(synthetic_data["test"]), "--seg", str(seg), "--cls", str(cls_path), "--op-thresh", "bogus=1"]))
 
 
 def test_large_images_are_shrunk_and_mapped_back(checkpoints: tuple[Path, Path]) -> None:
