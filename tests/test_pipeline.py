@@ -251,3 +251,25 @@ def test_bundled_default_finds_heads_in_a_sample_photo() -> None:
     result = pipe(root / "docs" / "samples" / "maksssksksss134.jpg")
     assert len(result) >= 1
     assert all(h.score >= 0.5 and h.label in pipe.class_names for h in result.heads)
+
+
+def test_benchmark_tool_times_all_systems_and_writes_json(checkpoints: tuple[Path, Path],
+                                                           tmp_path: Path) -> None:
+    from tools import benchmark
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for seed in range(2):
+        cv2.imwrite(str(images / f"{seed}.png"), _image(seed, 64, 80))
+    out = tmp_path / "bench.json"
+    results = benchmark.main(benchmark.parse_args(
+        ["--images", str(images), "--seg", str(checkpoints[0]), "--cls", str(checkpoints[1]),
+         "--device", "cpu", "--repeats", "1", "--threads", "1", "--profile", "--out", str(out)]))
+    assert [r["system"] for r in results] == list(benchmark.SYSTEMS)
+    for r in results:
+        assert r["images"] == 2 and r["images_per_second"] > 0 and r["peak_cpu_rss_mb"] > 0
+        assert r["ms_per_image"] == pytest.approx(1000 / r["images_per_second"])
+    headseg = results[-1]
+    assert 0.0 <= headseg["classification_fraction"] <= 1.0
+    assert set(headseg["profile_ms_per_image"]) >= {"backbone_fpn", "rpn", "crops_classify_results"}
+    assert json.loads(out.read_text())["results"] == results

@@ -5,15 +5,16 @@ Systems, each timed in a fresh subprocess (so peak memory is its own):
 * ``tv_default``: torchvision's default Mask R-CNN settings (800/1333 px, 1000 proposals,
   256-channel FPN, 1024-d box head, 4x256 mask head) on the same MobileNetV2-FPN backbone,
   segmentation only;
-* ``naive``: ``tv_default``, then NumPy crops (:func:`headseg.crops.crop_head`) and one
-  classifier call per head;
+* ``naive``: the trained segmenter at torchvision's default inference settings (800/1333 px,
+  1000/1000 proposals), then NumPy crops (:func:`headseg.crops.crop_head`) and one
+  classifier call per head scoring >= 0.5: what a first script around the two models does;
 * ``headseg``: :class:`HeadwearPipeline` as shipped (its checkpoint's settings), end to end,
   with the split between segmentation and classification.
 
 Warm-up first, then the median of ``--repeats`` passes over the images. Prints a table and
-writes JSON. Weights are the bundled model's where a system shares its architecture; the
-torchvision-default heads are random-initialised (the timing concerns the work, and with
-``box_score_thresh`` 0.05 random heads still return detections to paste).
+writes JSON. ``naive`` and ``headseg`` run the same trained weights; ``tv_default``'s larger
+heads are random-initialised (the timing concerns the work, and with ``box_score_thresh`` 0.05
+random heads still return detections to paste).
 
 Examples:
     python tools/benchmark.py --images docs/samples --repeats 3 --out docs/benchmark_cpu.json
@@ -68,7 +69,7 @@ def _run(system: str, args: argparse.Namespace, queue: mp.Queue) -> None:
     from headseg.crops import crop_head
     from headseg.io import IMAGE_EXTENSIONS, read_image
     from headseg.pipeline import ASSETS, HeadwearPipeline
-    from headseg.segmentation import build_segmenter
+    from headseg.segmentation import build_segmenter, load_segmenter
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -91,6 +92,9 @@ def _run(system: str, args: argparse.Namespace, queue: mp.Queue) -> None:
             return out
 
         pipe.segmenter.forward = timed_forward
+    elif system == "naive":
+        tv, _, _ = load_segmenter(seg, device, min_size=800, max_size=1333, rpn_pre_nms_top_n_test=1000,
+                                  rpn_post_nms_top_n_test=1000, box_from_mask=False)
     else:
         tv = build_segmenter(SegModelConfig(weights="none", min_size=800, max_size=1333,
                                             rpn_pre_nms_top_n_test=1000, rpn_post_nms_top_n_test=1000,
