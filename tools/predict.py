@@ -17,7 +17,9 @@ import argparse
 import glob
 import json
 import sys
-from collections import Counter
+from collections import Counter, deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -29,6 +31,7 @@ from headseg.io import IMAGE_EXTENSIONS, read_image, write_json  # noqa: E402
 from headseg.pipeline import HeadwearPipeline, ImageResult  # noqa: E402
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
+DECODE_AHEAD = 4  # images decoded in threads while the model runs (OpenCV releases the GIL)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -107,6 +110,30 @@ def _record(sink, counts: Counter, result: ImageResult, source: str, frame: int 
     counts.update(h.label for h in result.heads)
 
 
+def _decode_ahead(files: list[Path]) -> Iterator[tuple[Path, Future | None]]:
+    """Yield ``(path, future of read_image(path))`` in order, decoding a few images ahead.
+
+    Videos get ``None`` (they are read frame by frame). A decoding error surfaces from
+    ``future.result()``, so each file keeps its own error handling.
+    """
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        pending: deque[tuple[Path, Future | None]] = deque()
+        upcoming = iter(files)
+
+        def submit_next() -> None:
+            path = next(upcoming, None)
+            if path is not None:
+                is_video = path.suffix.lower() in VIDEO_EXTENSIONS
+                pending.append((path, None if is_video else pool.submit(read_image, path)))
+
+        for _ in range(DECODE_AHEAD):
+            submit_next()
+        while pending:
+            item = pending.popleft()
+            submit_next()
+            yield item
+
+
 def main(args: argparse.Namespace) -> int:
     files, problems = expand_inputs(args.inputs)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -121,14 +148,14 @@ def main(args: argparse.Namespace) -> int:
     counts: Counter = Counter()
     done = 0
     with open(args.out / "predictions.jsonl", "w") as sink:
-        for path in tqdm(files, desc="predict", unit="file"):
+        for path, decoded in tqdm(_decode_ahead(files), total=len(files), desc="predict", unit="file"):
             try:
-                if path.suffix.lower() in VIDEO_EXTENSIONS:
+                if decoded is None:
                     warning = _run_video(pipe, path, args, sink, counts)
                     if warning:
                         tqdm.write(f"warning: {warning}", file=sys.stderr)
                 else:
-                    image = read_image(path)
+                    image = decoded.result()
                     result = pipe(image)
                     _record(sink, counts, result, str(path))
                     if not args.no_draw:
