@@ -251,21 +251,24 @@ class HeadwearPipeline:
 
     @classmethod
     def from_checkpoint(cls, segmenter: str | Path, classifier: str | Path,
-                        device: str | torch.device | None = None, **kwargs: Any) -> "HeadwearPipeline":
+                        device: str | torch.device | None = None,
+                        seg_overrides: dict[str, Any] | None = None, **kwargs: Any) -> "HeadwearPipeline":
         """Build the pipeline from the two checkpoints written by the training tools.
 
         Args:
             segmenter: ``best.pt`` of ``tools/train_seg.py``.
             classifier: ``best.pt`` of ``tools/train_cls.py``.
             device: ``cpu``, ``cuda``... (default: CUDA when available).
-            **kwargs: ``score_thresh``, ``mask_thresh``, ``batch_size``.
+            seg_overrides: Inference-time segmenter fields to change, e.g.
+                ``{"min_size": 640, "rpn_post_nms_top_n_test": 100}`` (check val AP after).
+            **kwargs: ``score_thresh``, ``mask_thresh``, ``batch_size``, ``max_side``, ``amp``.
         """
         from headseg.classification import load_classifier, preprocessing_from_checkpoint  # noqa: PLC0415
         from headseg.segmentation import load_segmenter  # noqa: PLC0415
         from headseg.training import load_checkpoint  # noqa: PLC0415
 
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        seg_model, seg_cfg, seg_names = load_segmenter(segmenter, device)
+        seg_model, seg_cfg, seg_names = load_segmenter(segmenter, device, **(seg_overrides or {}))
         if len(seg_names) != 1:
             log.warning("segmenter %s has %d classes; the pipeline treats every detection as a head",
                         segmenter, len(seg_names))

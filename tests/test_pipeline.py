@@ -264,7 +264,8 @@ def test_benchmark_tool_times_all_systems_and_writes_json(checkpoints: tuple[Pat
     out = tmp_path / "bench.json"
     results = benchmark.main(benchmark.parse_args(
         ["--images", str(images), "--seg", str(checkpoints[0]), "--cls", str(checkpoints[1]),
-         "--device", "cpu", "--repeats", "1", "--threads", "1", "--profile", "--out", str(out)]))
+         "--device", "cpu", "--repeats", "1", "--threads", "1", "--profile", "--out", str(out),
+         "--seg-set", "rpn_post_nms_top_n_test=50"]))
     assert [r["system"] for r in results] == list(benchmark.SYSTEMS)
     for r in results:
         assert r["images"] == 2 and r["images_per_second"] > 0 and r["peak_cpu_rss_mb"] > 0
@@ -273,3 +274,13 @@ def test_benchmark_tool_times_all_systems_and_writes_json(checkpoints: tuple[Pat
     assert 0.0 <= headseg["classification_fraction"] <= 1.0
     assert set(headseg["profile_ms_per_image"]) >= {"backbone_fpn", "rpn", "crops_classify_results"}
     assert json.loads(out.read_text())["results"] == results
+
+
+def test_segmenter_inference_fields_can_be_overridden(checkpoints: tuple[Path, Path]) -> None:
+    pipe = HeadwearPipeline.from_checkpoint(*checkpoints, device="cpu",
+                                            seg_overrides={"min_size": 80, "rpn_post_nms_top_n_test": 50})
+    assert pipe.segmenter.transform.min_size == (80,)
+    assert pipe.segmenter.rpn._post_nms_top_n["testing"] == 50
+    assert pipe.seg_config.model.min_size == 80
+    with pytest.raises(ValueError, match="min_siz"):
+        HeadwearPipeline.from_checkpoint(*checkpoints, device="cpu", seg_overrides={"min_siz": 80})

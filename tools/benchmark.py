@@ -19,6 +19,7 @@ random heads still return detections to paste).
 Examples:
     python tools/benchmark.py --images docs/samples --repeats 3 --out docs/benchmark_cpu.json
     python tools/benchmark.py --images val_images/ --device cuda --batch-size 8
+    python tools/benchmark.py --systems headseg --seg-set min_size=800 max_size=1333   # one lever
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+import yaml  # noqa: E402
 
 SYSTEMS = ("tv_default", "naive", "headseg")
 
@@ -54,6 +56,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
     parser.add_argument("--profile", action="store_true", help="also time headseg stage by stage")
+    parser.add_argument("--seg-set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="headseg's segmenter inference fields, e.g. min_size=800 (one lever at a time)")
     parser.add_argument("--out", type=Path, help="JSON report")
     return parser.parse_args(argv)
 
@@ -75,7 +79,14 @@ def _run(system: str, args: argparse.Namespace, queue: mp.Queue) -> None:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     seg, cls = args.seg or ASSETS / "segmenter.pt", args.cls or ASSETS / "classifier.pt"
-    pipe = HeadwearPipeline.from_checkpoint(seg, cls, device, batch_size=args.batch_size)
+    overrides = {}
+    for item in args.seg_set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"error: --seg-set {item!r}; expected KEY=VALUE")
+        overrides[key] = yaml.safe_load(value)
+    pipe = HeadwearPipeline.from_checkpoint(seg, cls, device, batch_size=args.batch_size,
+                                            seg_overrides=overrides if system == "headseg" else None)
     paths = sorted(p for p in args.images.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
     images = [read_image(p) for p in paths]
     timings = {"seg": 0.0, "cls": 0.0}

@@ -5,7 +5,7 @@ Default recipe (configs/cls_default.yaml): ImageNet MobileNetV2, new dropout + L
 head for 2 frozen epochs, then the whole network at lr 1e-4, batch 32, label smoothing 0.05,
 class-balanced sampling, flip/affine/colour/erasing augmentation; val macro-F1 picks
 ``best.pt`` (val loss breaks ties) and stops the run after 4 epochs without improvement.
-Results and timings on the real sets: docs/RESULTS_cls.md.
+Results and timings on the real sets: docs/RESULTS.md.
 
 Examples:
     python tools/train_cls.py --config configs/cls_hardhat.yaml --out runs/cls_hardhat
