@@ -10,7 +10,13 @@ import torch
 
 from headseg.classification import build_classifier
 from headseg.config import ClsModelConfig, SegConfig, load_config
-from headseg.export import export_classifier_onnx, export_classifier_torchscript, export_segmenter_torchscript
+from headseg.export import (
+    check_segmenter_onnx,
+    export_classifier_onnx,
+    export_classifier_torchscript,
+    export_segmenter_onnx,
+    export_segmenter_torchscript,
+)
 from headseg.segmentation import build_segmenter
 from tests.conftest import TINY_SEG
 
@@ -49,3 +55,15 @@ def test_segmenter_torchscript_matches_pytorch(tmp_path: Path) -> None:
         _, got = scripted([image])  # scripted detection models return (losses, detections)
     assert torch.allclose(got[0]["boxes"], expected["boxes"], atol=1e-4)
     assert torch.allclose(got[0]["masks"], expected["masks"], atol=1e-4)
+
+
+def test_segmenter_onnx_matches_pytorch_in_onnxruntime(tmp_path: Path) -> None:
+    pytest.importorskip("onnxruntime")
+    cfg = load_config(SegConfig, None, [s for s in TINY_SEG if s.startswith("model.")])
+    model = build_segmenter(cfg.model, 1).eval()
+    model.roi_heads.score_thresh = 0.0  # an untrained model: keep its detections to compare
+    path, status = export_segmenter_onnx(model, tmp_path / "seg.onnx", 96, 128)
+    assert path is not None and path.is_file(), status
+    verdict = check_segmenter_onnx(path, model, torch.rand(3, 96, 128))
+    assert "detections, max |diff|" in verdict, verdict
+    assert float(verdict.rsplit(" ", 1)[1]) < 1e-3
