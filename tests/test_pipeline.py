@@ -284,3 +284,29 @@ def test_segmenter_inference_fields_can_be_overridden(checkpoints: tuple[Path, P
     assert pipe.seg_config.model.min_size == 80
     with pytest.raises(ValueError, match="min_siz"):
         HeadwearPipeline.from_checkpoint(*checkpoints, device="cpu", seg_overrides={"min_siz": 80})
+
+
+def test_pack_model_halves_weights_and_stores_inference_settings(checkpoints: tuple[Path, Path],
+                                                                  tmp_path: Path) -> None:
+    from tools import pack_model
+
+    seg, cls = checkpoints
+    packed_seg = pack_model.main(pack_model.parse_args(
+        [str(seg), str(tmp_path / "seg.pt"), "--set", "min_size=80", "rpn_post_nms_top_n_test=50"]))
+    packed_cls = pack_model.main(pack_model.parse_args([str(cls), str(tmp_path / "cls.pt")]))
+    state = torch.load(packed_seg, map_location="cpu", weights_only=False)
+    assert all(v.dtype == torch.float16 for v in state["model"].values() if v.is_floating_point())
+    assert "optimizer" not in state
+    original = HeadwearPipeline.from_checkpoint(seg, cls, device="cpu", score_thresh=0.0,
+                                                seg_overrides={"min_size": 80, "rpn_post_nms_top_n_test": 50})
+    packed = HeadwearPipeline.from_checkpoint(packed_seg, packed_cls, device="cpu", score_thresh=0.0)
+    assert packed.seg_config.model.min_size == 80
+    image = _image(7)
+    a, b = original(image), packed(image)
+    assert len(a) == len(b) > 0
+    # fp16 rounding of the weights moves boxes by far less than a pixel
+    assert np.allclose([h.box_xyxy for h in a.heads], [h.box_xyxy for h in b.heads], atol=0.5)
+    with pytest.raises(ValueError, match="KEY one of"):
+        pack_model.main(pack_model.parse_args([str(seg), str(tmp_path / "x.pt"), "--set", "lr=1"]))
+    with pytest.raises(ValueError, match="segmenter settings"):
+        pack_model.main(pack_model.parse_args([str(cls), str(tmp_path / "x.pt"), "--set", "min_size=80"]))

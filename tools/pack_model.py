@@ -3,8 +3,12 @@
 The weights are cast back to fp32 when loaded, so inference runs as trained; the only cost is
 fp16 rounding of each weight (measure it with tools/eval_seg.py and tools/eval_cls.py on val).
 
-Example (the bundled default model):
-    python tools/pack_model.py runs/seg_facemask/best.pt headseg/assets/segmenter.pt
+A segmenter's inference settings can be changed as it is packed (``--set``, fields in
+``INFERENCE_FIELDS``), e.g. a test-time input size or proposal count chosen on val.
+
+Example (the bundled default model; settings chosen on facemask val, docs/PERFORMANCE.md):
+    python tools/pack_model.py runs/seg_facemask/best.pt headseg/assets/segmenter.pt \
+        --set min_size=800 max_size=1333 rpn_pre_nms_top_n_test=1000 rpn_post_nms_top_n_test=1000
     python tools/pack_model.py runs/cls_facemask/best.pt headseg/assets/classifier.pt
 """
 
@@ -17,12 +21,17 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
+import yaml  # noqa: E402
 
+from headseg.config import SegConfig, from_dict  # noqa: E402
 from headseg.training import save_checkpoint  # noqa: E402
 
 # Everything a checkpoint needs at inference; optimizer, scheduler and RNG states are dropped.
 KEEP = ("kind", "version", "model", "config", "class_names", "epoch", "metrics", "input_size",
         "mean", "std", "crop")
+# Segmenter fields that only act at inference, so changing them needs no retraining.
+INFERENCE_FIELDS = ("min_size", "max_size", "rpn_pre_nms_top_n_test", "rpn_post_nms_top_n_test",
+                    "box_detections_per_img", "box_score_thresh", "box_from_mask")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -31,6 +40,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("checkpoint", type=Path, help="best.pt of train_seg.py or train_cls.py")
     parser.add_argument("out", type=Path, help="packed file")
     parser.add_argument("--fp32", action="store_true", help="keep fp32 weights")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help=f"segmenter inference settings to store: {', '.join(INFERENCE_FIELDS)}")
     return parser.parse_args(argv)
 
 
@@ -39,6 +50,18 @@ def main(args: argparse.Namespace) -> Path:
     if not isinstance(state, dict) or not str(state.get("kind", "")).startswith("headseg-"):
         raise ValueError(f"{args.checkpoint} is not a headseg checkpoint")
     packed = {k: v for k, v in state.items() if k in KEEP}
+    if args.set:
+        if state["kind"] != "headseg-segmenter":
+            raise ValueError(f"--set changes segmenter settings; {args.checkpoint} is a {state['kind']}")
+        model = dict(state["config"]["model"])
+        for item in args.set:
+            key, sep, value = item.partition("=")
+            if not sep or key not in INFERENCE_FIELDS:
+                raise ValueError(f"--set {item!r}: expected KEY=VALUE with KEY one of {', '.join(INFERENCE_FIELDS)}")
+            model[key] = yaml.safe_load(value)
+        config = {**state["config"], "model": model}
+        from_dict(SegConfig, config)  # validates the values
+        packed["config"] = config
     if not args.fp32:
         packed["model"] = {k: v.half() if v.is_floating_point() else v for k, v in state["model"].items()}
     save_checkpoint(args.out, packed)
