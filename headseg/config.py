@@ -11,6 +11,7 @@ import dataclasses
 import difflib
 import typing
 from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -41,12 +42,14 @@ class SegModelConfig:
     returned_layers: tuple[int, ...] = ()  # FPN stages; empty: per arch (MobileNetV2 from stride 8)
     anchor_sizes: tuple[int, ...] = (16, 32, 64, 128, 256)  # one per FPN level, 16 px for tiny faces
     aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)  # height/width; heads are near 1
-    fpn_channels: int = 128  # half torchvision's 256: the model ships in the wheel, AP barely moves
+    fpn_channels: int = 128  # half torchvision's 256: small enough to ship; AP cost not measured
     box_head_dim: int = 256  # torchvision uses 1024; one class needs far less
     mask_head_layers: tuple[int, ...] = (128, 128)  # torchvision uses 4 x 256
     trainable_backbone_layers: int = 3  # freeze the earliest ImageNet stages (faster on CPU)
-    rpn_pre_nms_top_n_test: int = 500  # torchvision 1000; heads per photo are few
-    rpn_post_nms_top_n_test: int = 300  # torchvision 1000; see docs/PERFORMANCE.md
+    # torchvision's 1000 / 1000. 500 / 300 was faster but lost val AP50: hardhat 0.473 -> 0.408,
+    # facemask 0.475 -> 0.445 (docs/PERFORMANCE.md).
+    rpn_pre_nms_top_n_test: int = 1000
+    rpn_post_nms_top_n_test: int = 1000
     box_detections_per_img: int = 100  # crowded scenes have dozens of heads
     box_score_thresh: float = 0.05  # low, so COCO AP sees the whole precision/recall curve
     box_from_mask: bool = True  # report the mask's tight box: +0.11 AP50 on hardhat val (RESULTS.md)
@@ -189,6 +192,21 @@ def from_dict(cls: type[T], values: dict[str, Any], prefix: str = "") -> T:
             raise _unknown_key_error(prefix + key, list(types))
         kwargs[key] = _coerce(value, types[key], prefix + key)
     return cls(**kwargs)
+
+
+def parse_overrides(items: Sequence[str], prefix: str = "model.") -> dict[str, Any]:
+    """``["min_size=640", "model.box_from_mask=false"]`` -> ``{"min_size": 640, "box_from_mask": False}``.
+
+    Values are parsed as YAML; a leading ``prefix`` is dropped from keys. Unknown keys are left
+    for the config class to reject (with close-match suggestions).
+    """
+    parsed = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"override {item!r} is not of the form key=value, e.g. min_size=640")
+        parsed[key.strip().removeprefix(prefix)] = yaml.safe_load(raw) if raw.strip() else ""
+    return parsed
 
 
 def apply_overrides(config: T, overrides: list[str]) -> T:

@@ -70,3 +70,12 @@ def test_shipped_configs_load() -> None:
         load_config(SegConfig, path)
     for path in sorted(root.glob("cls_*.yaml")):
         load_config(ClsConfig, path)
+
+
+def test_parse_overrides_reads_yaml_values_and_drops_the_prefix() -> None:
+    from headseg.config import parse_overrides
+
+    assert parse_overrides(["min_size=640", "model.box_from_mask=false", "anchor_sizes=[8, 16]"]) == {
+        "min_size": 640, "box_from_mask": False, "anchor_sizes": [8, 16]}
+    with pytest.raises(ValueError, match="key=value"):
+        parse_overrides(["min_size"])

@@ -39,7 +39,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-import yaml  # noqa: E402
 
 SYSTEMS = ("tv_default", "naive", "headseg")
 
@@ -69,7 +68,7 @@ def _sync(device: torch.device) -> None:
 
 def _run(system: str, args: argparse.Namespace, queue: mp.Queue) -> None:
     """Time one system in this (child) process and put its numbers on ``queue``."""
-    from headseg.config import SegModelConfig
+    from headseg.config import SegModelConfig, parse_overrides
     from headseg.crops import crop_head
     from headseg.io import IMAGE_EXTENSIONS, read_image
     from headseg.pipeline import ASSETS, HeadwearPipeline
@@ -79,12 +78,7 @@ def _run(system: str, args: argparse.Namespace, queue: mp.Queue) -> None:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     seg, cls = args.seg or ASSETS / "segmenter.pt", args.cls or ASSETS / "classifier.pt"
-    overrides = {}
-    for item in args.seg_set:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise SystemExit(f"error: --seg-set {item!r}; expected KEY=VALUE")
-        overrides[key] = yaml.safe_load(value)
+    overrides = parse_overrides(args.seg_set)
     pipe = HeadwearPipeline.from_checkpoint(seg, cls, device, batch_size=args.batch_size,
                                             seg_overrides=overrides if system == "headseg" else None)
     paths = sorted(p for p in args.images.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)

@@ -29,6 +29,7 @@ from tqdm import tqdm  # noqa: E402
 
 from headseg.baselines import HaarFaceDetector  # noqa: E402
 from headseg.data import load_coco  # noqa: E402
+from headseg.config import parse_overrides  # noqa: E402
 from headseg.evaluation import coco_evaluate, format_metrics_table, operating_point  # noqa: E402
 from headseg.io import read_image, write_json  # noqa: E402
 from headseg.pipeline import HeadwearPipeline, predict_coco  # noqa: E402
@@ -51,6 +52,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="operating-point score threshold, one for all systems or per system "
                              "(two_stage=0.3 single_stage=0.4); pick it on val from the printed "
                              "F1-best thresholds, then pass it for test")
+    parser.add_argument("--seg-set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="inference fields of both segmenters (two-stage and single-stage), "
+                             "e.g. min_size=640 rpn_post_nms_top_n_test=1000")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", type=Path, help="flat metrics JSON")
     return parser.parse_args(argv)
@@ -88,7 +92,8 @@ def main(args: argparse.Namespace) -> dict[str, float]:
     coco = load_coco(args.annotations)
     category_ids = {name: cid for cid, name in coco.categories.items()}
     # A low threshold lets AP see the whole precision/recall curve.
-    pipe = HeadwearPipeline.from_checkpoint(args.seg, args.cls, args.device, score_thresh=0.05)
+    seg_overrides = parse_overrides(args.seg_set)
+    pipe = HeadwearPipeline.from_checkpoint(args.seg, args.cls, args.device, seg_overrides, score_thresh=0.05)
     missing = set(category_ids) - set(pipe.class_names)
     if missing:
         raise ValueError(f"classifier labels {pipe.class_names} lack the categories {sorted(missing)} "
@@ -106,7 +111,7 @@ def main(args: argparse.Namespace) -> dict[str, float]:
         at_op = [r for i, res in results.items() for r in res.to_coco_results(i, category_ids, "seg")]
         report.update({f"{name}/{k}": v for k, v in _score(coco, joint, at_op, op_thresh[name]).items()})
     if args.single_stage:
-        model, single_cfg, names = load_segmenter(args.single_stage, args.device)
+        model, single_cfg, names = load_segmenter(args.single_stage, args.device, **seg_overrides)
         if sorted(names) != sorted(category_ids):
             raise ValueError(f"--single-stage model classes {names} differ from {sorted(category_ids)}")
         _, results = evaluate_segmenter(model, coco, args.device, class_agnostic=False,

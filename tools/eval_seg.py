@@ -17,10 +17,9 @@ import logging
 import sys
 from pathlib import Path
 
-import yaml
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from headseg.config import parse_overrides  # noqa: E402
 from headseg.data import load_coco  # noqa: E402
 from headseg.evaluation import format_metrics_table  # noqa: E402
 from headseg.io import write_json  # noqa: E402
@@ -42,11 +41,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(args: argparse.Namespace) -> dict[str, float]:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    overrides = {}
-    for item in args.set:
-        key, _, value = item.partition("=")
-        overrides[key.removeprefix("model.")] = yaml.safe_load(value)
-    model, cfg, class_names = load_segmenter(args.checkpoint, args.device, **overrides)
+    model, cfg, class_names = load_segmenter(args.checkpoint, args.device, **parse_overrides(args.set))
     coco = load_coco(args.annotations, args.image_root)
     agnostic = class_names == ["head"]
     metrics, results = evaluate_segmenter(model, coco, args.device, class_agnostic=agnostic,

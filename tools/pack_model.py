@@ -21,9 +21,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
-import yaml  # noqa: E402
 
-from headseg.config import SegConfig, from_dict  # noqa: E402
+from headseg.config import SegConfig, from_dict, parse_overrides  # noqa: E402
 from headseg.training import save_checkpoint  # noqa: E402
 
 # Everything a checkpoint needs at inference; optimizer, scheduler and RNG states are dropped.
@@ -53,13 +52,12 @@ def main(args: argparse.Namespace) -> Path:
     if args.set:
         if state["kind"] != "headseg-segmenter":
             raise ValueError(f"--set changes segmenter settings; {args.checkpoint} is a {state['kind']}")
-        model = dict(state["config"]["model"])
-        for item in args.set:
-            key, sep, value = item.partition("=")
-            if not sep or key not in INFERENCE_FIELDS:
-                raise ValueError(f"--set {item!r}: expected KEY=VALUE with KEY one of {', '.join(INFERENCE_FIELDS)}")
-            model[key] = yaml.safe_load(value)
-        config = {**state["config"], "model": model}
+        overrides = parse_overrides(args.set)
+        unknown = sorted(set(overrides) - set(INFERENCE_FIELDS))
+        if unknown:
+            raise ValueError(f"--set {', '.join(unknown)}: expected KEY=VALUE with KEY one of "
+                             f"{', '.join(INFERENCE_FIELDS)}")
+        config = {**state["config"], "model": {**state["config"]["model"], **overrides}}
         from_dict(SegConfig, config)  # validates the values
         packed["config"] = config
     if not args.fp32:
