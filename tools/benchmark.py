@@ -101,6 +101,7 @@ def _run(system: str, args: argparse.Namespace, queue: mp.Queue) -> None:
         tv, _, _ = load_segmenter(seg, device, min_size=800, max_size=1333, rpn_pre_nms_top_n_test=1000,
                                   rpn_post_nms_top_n_test=1000, box_from_mask=False)
     else:
+        torch.manual_seed(0)  # the random heads decide how many detections get pasted: fix them
         tv = build_segmenter(SegModelConfig(weights="none", min_size=800, max_size=1333,
                                             rpn_pre_nms_top_n_test=1000, rpn_post_nms_top_n_test=1000,
                                             fpn_channels=256, box_head_dim=1024,
