@@ -285,14 +285,16 @@ def test_uint8_and_float_images_agree_and_batching_changes_nothing():
             assert np.abs(alone[0] - together[k]).max() < 1e-3
 
 
-# Parity tolerances, measured on 300 random heads of this kind per fill (output 16..64 px,
-# squares up to 2x the output, heads at and beyond image edges, detail about 8 px wide like a
-# photo). Both sides take one bilinear sample per output pixel at the same point, so constant
-# and none differ by rounding (mean <= 0.33, 99th percentile <= 1.9 grey levels); blur reaches
-# a 99th percentile of 7.6 there (hypothesis finds worse cases), as its fill is resampled from a
-# coarser grid. Beyond 2x shrinking
-# both alias alike, hence smooth images and squares <= 2x.
-TOLERANCE = {"constant": (1.0, 4.0), "none": (1.0, 4.0), "blur": (3.0, 20.0)}  # mean, 99th pct
+# Parity tolerances, measured on 1,500 random heads of this kind (output 16..64 px, squares up
+# to 2x the output, heads at and beyond image edges, detail about 8 px wide like a photo):
+# - the mean stays under ~2 grey levels: on smooth content both are the same bilinear resize;
+# - the 99th percentile reaches ~22 (constant, blur) and ~29 (none). It lies on hard steps, the
+#   mask outline and the image border, where grey 114 meets pixels up to 255. roi_align averages
+#   2 x 2 samples a quarter of an output pixel either side of the warp's single sample, so on a
+#   step the two differ by up to half the step, and in a 16 px crop over 1% of pixels are steps.
+# On pixel noise the 2 x 2 averaging alone would differ by tens of levels everywhere, and beyond
+# 2x shrinking both alias (1 vs 4 samples per pixel), hence smooth images and squares <= 2x.
+MEAN_TOL, P99_TOL = 3.0, 35.0
 
 
 @settings(max_examples=60, deadline=None)
@@ -315,6 +317,5 @@ def test_batched_matches_numpy_reference(seed, size, padding, heads):
         for k in range(heads):
             want = crop_head(images[index[k]], masks[k], boxes[k], size=size, padding=padding, fill=fill)
             diff = np.abs(got[k] - want)
-            mean_tol, p99_tol = TOLERANCE[fill]
-            assert diff.mean() < mean_tol, (fill, k, diff.mean())
-            assert np.percentile(diff, 99) < p99_tol, (fill, k, np.percentile(diff, 99))
+            assert diff.mean() < MEAN_TOL, (fill, k, diff.mean())
+            assert np.percentile(diff, 99) < P99_TOL, (fill, k, np.percentile(diff, 99))
