@@ -28,8 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tqdm import tqdm  # noqa: E402
 
 from headseg.baselines import HaarFaceDetector  # noqa: E402
-from headseg.data import load_coco  # noqa: E402
 from headseg.config import parse_overrides  # noqa: E402
+from headseg.data import load_coco  # noqa: E402
 from headseg.evaluation import coco_evaluate, format_metrics_table, operating_point  # noqa: E402
 from headseg.io import read_image, write_json  # noqa: E402
 from headseg.pipeline import HeadwearPipeline, predict_coco  # noqa: E402
@@ -60,20 +60,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+SYSTEMS = ("two_stage", "single_stage", "haar")
 SWEEP = [round(0.05 * k, 2) for k in range(1, 20)]
 
 
 def _op_thresholds(values: list[str]) -> dict[str, float]:
     """``["0.5"]`` -> every system 0.5; ``["two_stage=0.3", ...]`` -> per system, others 0.5."""
     if len(values) == 1 and "=" not in values[0]:
-        return {s: float(values[0]) for s in ("two_stage", "single_stage", "haar")}
-    thresholds = {"two_stage": 0.5, "single_stage": 0.5, "haar": 0.5}
+        values = [f"{system}={values[0]}" for system in SYSTEMS]
+    thresholds = dict.fromkeys(SYSTEMS, 0.5)
     for item in values:
         name, sep, value = item.partition("=")
-        if not sep or name not in thresholds:
+        try:
+            if not sep or name not in thresholds:
+                raise ValueError
+            thresholds[name] = float(value)
+        except ValueError:
             raise SystemExit(f"error: --op-thresh {item!r}; expected T or SYSTEM=T with SYSTEM in "
-                             f"{sorted(thresholds)}")
-        thresholds[name] = float(value)
+                             f"{', '.join(SYSTEMS)} and T a number") from None
     return thresholds
 
 
@@ -117,8 +121,8 @@ def main(args: argparse.Namespace) -> dict[str, float]:
         _, results = evaluate_segmenter(model, coco, args.device, class_agnostic=False,
                                         box_from_mask=single_cfg.model.box_from_mask)
         report.update({f"single_stage/{k}": v for k, v in
-                       _score(coco, results, results, op_thresh['single_stage']).items()})
-    systems_run = [s for s in ("two_stage", "single_stage", "haar") if f"{s}/bbox/AP" in report]
+                       _score(coco, results, results, op_thresh["single_stage"]).items()})
+    systems_run = [s for s in SYSTEMS if f"{s}/bbox/AP" in report]
     print(f"{'system':<14}" + "".join(f"{k:>15}" for k in KEYS))
     for s in systems_run:
         print(f"{s:<14}" + "".join(f"{report.get(f'{s}/{k}', float('nan')):>15.4f}" for k in KEYS))
