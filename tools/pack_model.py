@@ -8,7 +8,7 @@ A segmenter's inference settings can be changed as it is packed (``--set``, fiel
 
 Example (the bundled default model; settings chosen on facemask val, docs/PERFORMANCE.md):
     python tools/pack_model.py runs/seg_facemask/best.pt headseg/assets/segmenter.pt \
-        --set min_size=800 max_size=1333 rpn_pre_nms_top_n_test=1000 rpn_post_nms_top_n_test=1000
+        --set min_size=640 max_size=1066 rpn_pre_nms_top_n_test=1000 rpn_post_nms_top_n_test=1000
     python tools/pack_model.py runs/cls_facemask/best.pt headseg/assets/classifier.pt
 """
 
