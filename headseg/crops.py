@@ -324,9 +324,14 @@ def crop_heads(images: torch.Tensor, masks: torch.Tensor | None, boxes: torch.Te
         crop = roi_align(source, rois, output_size=size, spatial_scale=1.0, sampling_ratio=2, aligned=True)
         return (crop[:, :3] + (1.0 - crop[:, 3:]) * grey).clamp_(0.0, 1.0)
     # Masked fills take the image channels from the per-head windows below: only the
-    # in-image indicator is needed here.
-    inside_image = roi_align(source[:, 3:].contiguous(), rois, output_size=size, spatial_scale=1.0,
-                             sampling_ratio=2, aligned=True)
+    # in-image indicator is needed here, and only for squares within a pixel of the image's
+    # edge; the bilinear taps of any other square all read ones.
+    inside_image = source.new_ones((n, 1, size, size))
+    near_edge = ((squares[:, 0] < 1) | (squares[:, 1] < 1) | (squares[:, 2] > w - 1)
+                 | (squares[:, 3] > h - 1))
+    if near_edge.any():
+        inside_image[near_edge] = roi_align(source[:, 3:].contiguous(), rois[near_edge], output_size=size,
+                                            spatial_scale=1.0, sampling_ratio=2, aligned=True)
 
     assert masks is not None
     # The masked image of every head is blended at full resolution, as crop_head does, and

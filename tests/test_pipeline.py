@@ -310,3 +310,23 @@ def test_pack_model_halves_weights_and_stores_inference_settings(checkpoints: tu
         pack_model.main(pack_model.parse_args([str(seg), str(tmp_path / "x.pt"), "--set", "lr=1"]))
     with pytest.raises(ValueError, match="segmenter settings"):
         pack_model.main(pack_model.parse_args([str(cls), str(tmp_path / "x.pt"), "--set", "min_size=80"]))
+
+
+def test_classifier_batchnorm_folding_keeps_outputs(checkpoints: tuple[Path, Path]) -> None:
+    from headseg.classification import load_classifier
+    from headseg.pipeline import _fold_batchnorm
+
+    model, _, _ = load_classifier(checkpoints[1])
+    model.eval()
+    folded = _fold_batchnorm(model)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    x = torch.rand(3, 3, 32, 32)
+    with torch.inference_mode():
+        assert torch.allclose(folded(x), model(x), atol=1e-4)
+
+    class Untraceable(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x if x.sum() > 0 else -x  # data-dependent branch
+
+    untraceable = Untraceable()
+    assert _fold_batchnorm(untraceable) is untraceable
