@@ -169,6 +169,27 @@ def segmenter_checkpoint(model: nn.Module, cfg: SegConfig, class_names: list[str
             "config": to_dict(cfg), "class_names": list(class_names), **extra}
 
 
+# Model fields that only act at inference: changing them needs no retraining.
+INFERENCE_FIELDS = ("min_size", "max_size", "rpn_pre_nms_top_n_test", "rpn_post_nms_top_n_test",
+                    "box_detections_per_img", "box_score_thresh", "box_from_mask")
+
+
+def with_inference_overrides(config: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint's config dict with inference-time model fields replaced, validated.
+
+    Raises:
+        ValueError: a field outside :data:`INFERENCE_FIELDS` (it would change the weights'
+            shapes or mean nothing at inference), or a value the config rejects.
+    """
+    unknown = sorted(set(overrides) - set(INFERENCE_FIELDS))
+    if unknown:
+        raise ValueError(f"{', '.join(unknown)}: not an inference-time segmenter setting; expected "
+                         f"KEY=VALUE with KEY one of {', '.join(INFERENCE_FIELDS)}")
+    merged = {**config, "model": {**config["model"], **overrides}}
+    from_dict(SegConfig, merged)
+    return merged
+
+
 def load_segmenter(path: str | Path, device: str | torch.device = "cpu",
                    **model_overrides: Any) -> tuple[MaskRCNN, SegConfig, list[str]]:
     """Rebuild a trained segmenter from its checkpoint alone.
@@ -176,16 +197,14 @@ def load_segmenter(path: str | Path, device: str | torch.device = "cpu",
     Args:
         path: ``best.pt`` / ``last.pt`` from ``tools/train_seg.py`` (or a shipped fp16 file).
         device: Where to put the model.
-        model_overrides: Inference-time model fields to change, e.g. ``box_score_thresh=0.5``.
+        model_overrides: Inference-time model fields to change (:data:`INFERENCE_FIELDS`), e.g.
+            ``box_score_thresh=0.5``.
 
     Returns:
         ``(model in eval mode, config, class names)``.
     """
     state = load_checkpoint(path, "segmenter")
-    cfg = from_dict(SegConfig, state["config"])
-    if model_overrides:
-        cfg = from_dict(SegConfig, {**state["config"],
-                                    "model": {**state["config"]["model"], **model_overrides}})
+    cfg = from_dict(SegConfig, with_inference_overrides(state["config"], model_overrides))
     # The backbone's ImageNet weights are replaced by the checkpoint's: never load them here.
     model = build_segmenter(from_dict(SegModelConfig, {**to_dict(cfg.model), "weights": "none"}),
                             len(state["class_names"]))

@@ -7,7 +7,10 @@ segm numbers are then against derived masks, not ground truth.
 Examples:
     python tools/eval_seg.py runs/seg_hardhat/best.pt work_data/hardhat/test.json \\
         --out runs/seg_hardhat/test_metrics.json
-    python tools/eval_seg.py best.pt my/val.json --attire   # categories as labels
+    python tools/eval_seg.py best.pt my/val.json --set min_size=640   # an inference setting
+
+A segmenter trained with its attire categories is scored per category; a ``head`` one
+class-agnostically.
 """
 
 from __future__ import annotations

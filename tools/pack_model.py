@@ -4,7 +4,8 @@ The weights are cast back to fp32 when loaded, so inference runs as trained; the
 fp16 rounding of each weight (measure it with tools/eval_seg.py and tools/eval_cls.py on val).
 
 A segmenter's inference settings can be changed as it is packed (``--set``, fields in
-``INFERENCE_FIELDS``), e.g. a test-time input size or proposal count chosen on val.
+``headseg.segmentation.INFERENCE_FIELDS``), e.g. a test-time input size or proposal count
+chosen on val.
 
 Example (the bundled default model; settings chosen on facemask val, docs/PERFORMANCE.md):
     python tools/pack_model.py runs/seg_facemask/best.pt headseg/assets/segmenter.pt \
@@ -22,15 +23,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from headseg.config import SegConfig, from_dict, parse_overrides  # noqa: E402
+from headseg.config import parse_overrides  # noqa: E402
+from headseg.segmentation import INFERENCE_FIELDS, with_inference_overrides  # noqa: E402
 from headseg.training import save_checkpoint  # noqa: E402
 
 # Everything a checkpoint needs at inference; optimizer, scheduler and RNG states are dropped.
 KEEP = ("kind", "version", "model", "config", "class_names", "epoch", "metrics", "input_size",
         "mean", "std", "crop")
-# Segmenter fields that only act at inference, so changing them needs no retraining.
-INFERENCE_FIELDS = ("min_size", "max_size", "rpn_pre_nms_top_n_test", "rpn_post_nms_top_n_test",
-                    "box_detections_per_img", "box_score_thresh", "box_from_mask")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -52,14 +51,7 @@ def main(args: argparse.Namespace) -> Path:
     if args.set:
         if state["kind"] != "headseg-segmenter":
             raise ValueError(f"--set changes segmenter settings; {args.checkpoint} is a {state['kind']}")
-        overrides = parse_overrides(args.set)
-        unknown = sorted(set(overrides) - set(INFERENCE_FIELDS))
-        if unknown:
-            raise ValueError(f"--set {', '.join(unknown)}: expected KEY=VALUE with KEY one of "
-                             f"{', '.join(INFERENCE_FIELDS)}")
-        config = {**state["config"], "model": {**state["config"]["model"], **overrides}}
-        from_dict(SegConfig, config)  # validates the values
-        packed["config"] = config
+        packed["config"] = with_inference_overrides(state["config"], parse_overrides(args.set))
     if not args.fp32:
         packed["model"] = {k: v.half() if v.is_floating_point() else v for k, v in state["model"].items()}
     save_checkpoint(args.out, packed)
