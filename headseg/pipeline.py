@@ -22,12 +22,13 @@ import numpy as np
 import torch
 from pycocotools import mask as mask_utils
 from torch import nn
+from torchvision.models.detection.transform import resize_boxes
 
 from headseg.config import ClsConfig, SegConfig
 from headseg.crops import crop_heads
 from headseg.data import CocoHeads
 from headseg.io import read_image
-from headseg.segmentation import boxes_from_masks
+from headseg.segmentation import boxes_from_masks, paste_masks
 
 log = logging.getLogger(__name__)
 
@@ -354,47 +355,65 @@ class HeadwearPipeline:
     def _predict_batch(self, images: list[np.ndarray], sources: list[str | None]) -> list[ImageResult]:
         tensors = [torch.from_numpy(im).to(self.device).permute(2, 0, 1).float().div_(255)
                    for im in images]
+        return self._finish(tensors, self._segment(tensors), images, sources)
+
+    def _segment(self, tensors: list[torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """Stage 1: per image, the ``(boxes, scores, masks)`` of the heads kept.
+
+        The segmenter's own forward pass, stage by stage, but for one step: masks are pasted
+        all at once (:func:`headseg.segmentation.paste_masks`) rather than by torchvision's
+        loop, which reads every box back to the host (a device sync per head on a GPU).
+        """
+        model = self.segmenter
         with torch.autocast(self.device.type, enabled=self.amp):
-            outputs = self.segmenter(tensors)
+            batch, _ = model.transform(tensors)
+            features = model.backbone(batch.tensors)
+            proposals, _ = model.rpn(batch, features)
+            detections, _ = model.roi_heads(features, proposals, batch.image_sizes)
         per_image = []
-        for out in outputs:
-            masks = out["masks"][:, 0] > self.mask_thresh
+        for det, resized, tensor in zip(detections, batch.image_sizes, tensors):
+            size = (tensor.shape[-2], tensor.shape[-1])
+            boxes = resize_boxes(det["boxes"].float(), resized, size)
+            masks = paste_masks(det["masks"], boxes, size)[:, 0] > self.mask_thresh
             # A head whose mask thresholded to nothing has nothing to classify.
             keep = masks.flatten(1).any(1)
-            boxes, masks = out["boxes"][keep].float(), masks[keep]
+            boxes, masks = boxes[keep], masks[keep]
             if self.seg_config.model.box_from_mask:
                 boxes = boxes_from_masks(masks, boxes)
-            per_image.append((boxes, out["scores"][keep].float(), masks))
-        return self._finish(tensors, per_image, images, sources)
+            per_image.append((boxes, det["scores"][keep].float(), masks))
+        return per_image
 
     def _finish(self, tensors: list[torch.Tensor], per_image: list[tuple[torch.Tensor, ...]],
                 images: list[np.ndarray], sources: list[str | None]) -> list[ImageResult]:
-        """Crop and classify every head of every image in one classifier call; build results."""
+        """Crop and classify every head of the batch in one call each; build the results.
+
+        The images of a batch have one size (``__call__`` groups them so).
+        """
         crop = self.cls_config.crop
-        crops = []
-        for tensor, (boxes, _, masks) in zip(tensors, per_image):
-            if len(boxes):
-                index = torch.zeros(len(boxes), dtype=torch.long, device=self.device)
-                crops.append(crop_heads(tensor[None], masks, boxes, index, crop.size, crop.padding,
-                                        crop.fill, crop.fill_value))
+        counts = [len(boxes) for boxes, _, _ in per_image]
+        boxes, scores, masks = (torch.cat(parts) for parts in zip(*per_image))
         probs = torch.zeros(0, len(self.class_names), device=self.device)
-        if crops:
-            x = (torch.cat(crops) - self.mean) / self.std
+        if len(boxes):
+            index = torch.repeat_interleave(torch.arange(len(tensors), device=self.device),
+                                            torch.tensor(counts, device=self.device))
+            crops = crop_heads(torch.stack(tensors), masks, boxes, index, crop.size, crop.padding,
+                               crop.fill, crop.fill_value)
+            x = (crops - self.mean) / self.std
             if self.device.type == "cuda":
                 x = x.contiguous(memory_format=torch.channels_last)
             with torch.autocast(self.device.type, enabled=self.amp):
                 probs = torch.softmax(self.classifier(x).float(), dim=1)
+        # One copy to the host for the whole batch.
+        boxes, scores, masks, probs = (t.cpu().numpy() for t in (boxes, scores, masks, probs))
         results, offset = [], 0
-        for (boxes, scores, masks), image, source in zip(per_image, images, sources):
-            p = probs[offset:offset + len(boxes)].cpu().numpy()
-            offset += len(boxes)
+        for count, image, source in zip(counts, images, sources):
             heads = []
-            for box, score, mask, prob in zip(boxes.cpu().numpy(), scores.cpu().numpy(),
-                                              masks.cpu().numpy(), p):
-                k = int(prob.argmax())
-                heads.append(Head(tuple(float(v) for v in box), mask, float(score),
-                                  self.class_names[k], float(prob[k]),
-                                  {n: float(v) for n, v in zip(self.class_names, prob)}))
+            for i in range(offset, offset + count):
+                k = int(probs[i].argmax())
+                heads.append(Head(tuple(float(v) for v in boxes[i]), masks[i], float(scores[i]),
+                                  self.class_names[k], float(probs[i, k]),
+                                  {n: float(v) for n, v in zip(self.class_names, probs[i])}))
+            offset += count
             results.append(ImageResult(tuple(heads), image.shape[:2], source))
         return results
 

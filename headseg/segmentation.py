@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 import torchvision
 from torch import nn
 from torchvision.models.detection import MaskRCNN
@@ -22,6 +23,7 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
+from torchvision.models.detection.roi_heads import expand_boxes
 from torchvision.models.detection.rpn import RPNHead
 from torchvision.ops import FrozenBatchNorm2d
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
@@ -239,6 +241,60 @@ def boxes_from_masks(masks: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
     empty = ~cols.any(1)
     out[empty] = boxes[empty]
     return out
+
+
+def paste_masks(masks: torch.Tensor, boxes: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
+    """Paste Mask R-CNN's box-sized mask probabilities into the image, all masks at once.
+
+    The arithmetic of torchvision's ``paste_masks_in_image`` (pad each M x M mask by one cell,
+    grow its box alike, truncate the box to integer pixels, resize bilinearly into it with
+    ``align_corners=False``), without its loop: bilinear resizing is separable, so each mask is
+    ``rows @ mask @ cols.T`` with interpolation matrices that are zero outside its box. Two
+    batched matrix products replace one resize and one host read of the box per mask (a device
+    sync per mask on a GPU). On the CPU it is faster too: 1.1 vs 2.7 ms for 11 masks in a 400 x
+    300 photo, 83 vs 142 ms for 20 masks in 2048 x 1536 (docs/PERFORMANCE.md).
+
+    Args:
+        masks: ``(N, 1, M, M)`` mask probabilities from the mask head.
+        boxes: ``(N, 4)`` xyxy boxes in pixels of the output image, inside it (as Mask R-CNN
+            clips them).
+        image_size: ``(height, width)`` of the output image.
+
+    Returns:
+        ``(N, 1, height, width)`` float32 probabilities, zero outside each (grown) box; equal to
+        torchvision's within 1e-5 (``tests/test_segmentation.py``).
+    """
+    h, w = image_size
+    n, m = masks.shape[0], masks.shape[-1]
+    if n == 0:
+        return masks.new_zeros((0, 1, h, w), dtype=torch.float32)
+    padded = F.pad(masks[:, 0].float(), (1, 1, 1, 1))
+    grown = expand_boxes(boxes.float(), (m + 2) / m).to(torch.int64)
+    rows = _bilinear_weights(grown[:, 1], grown[:, 3], m + 2, h)
+    cols = _bilinear_weights(grown[:, 0], grown[:, 2], m + 2, w)
+    return torch.bmm(torch.bmm(rows, padded), cols.transpose(1, 2))[:, None]
+
+
+def _bilinear_weights(start: torch.Tensor, end: torch.Tensor, cells: int, pixels: int) -> torch.Tensor:
+    """``(N, pixels, cells)`` weights resizing ``cells`` onto pixels ``start..end`` (inclusive).
+
+    PyTorch's bilinear ``align_corners=False`` rule: pixel ``p`` reads cell coordinate
+    ``(p - start + 0.5) * cells / length - 0.5``, clamped at 0, from its two nearest cells.
+    Rows of pixels outside ``start..end`` (or the image) are zero.
+    """
+    length = (end - start + 1).clamp_min(1).float()  # torchvision: max(int(x1 - x0 + 1), 1)
+    pixel = torch.arange(pixels, device=start.device)
+    local = (pixel[None, :] - start[:, None]).float()
+    inside = ((pixel[None, :] >= start[:, None]) & (pixel[None, :] <= end[:, None])).float()
+    real = ((local + 0.5) * (cells / length)[:, None] - 0.5).clamp_min(0.0)
+    low = real.floor().clamp_max(cells - 1)
+    frac = real - low
+    low = low.long()
+    high = (low + 1).clamp_max(cells - 1)
+    weights = torch.zeros((start.shape[0], pixels, cells), device=start.device)
+    weights.scatter_add_(2, low[..., None], ((1.0 - frac) * inside)[..., None])
+    weights.scatter_add_(2, high[..., None], (frac * inside)[..., None])
+    return weights
 
 
 

@@ -9,7 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from headseg.crops import _crop_squares, crop_head, crop_heads, crop_square
+from headseg.crops import _crop_squares, _masked_images, _masked_windows, crop_head, crop_heads, crop_square
 
 GREY = 114
 
@@ -319,3 +319,23 @@ def test_batched_matches_numpy_reference(seed, size, padding, heads):
             diff = np.abs(got[k] - want)
             assert diff.mean() < MEAN_TOL, (fill, k, diff.mean())
             assert np.percentile(diff, 99) < P99_TOL, (fill, k, np.percentile(diff, 99))
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), size=st.integers(8, 48), heads=st.integers(1, 6),
+       budget=st.sampled_from([1, 2**20, 2**28]))
+def test_gpu_blend_matches_cpu_windows(seed, size, heads, budget):
+    """The loop-free form the GPU takes gives the CPU windows' values, in chunks of any size."""
+    rng = np.random.default_rng(seed)
+    h, w = (int(v) for v in rng.integers(8, 80, 2))
+    images = torch.from_numpy(np.stack([smooth_image(rng, h, w), smooth_image(rng, h, w)])).permute(0, 3, 1, 2)
+    source = torch.nn.functional.pad(torch.cat([images.float() / 255, torch.ones(2, 1, h, w)], dim=1),
+                                     (1, 1, 1, 1))
+    corner = rng.uniform(-0.3, 0.9, (heads, 2)) * (w, h)
+    boxes = np.concatenate([corner, corner + rng.uniform(1, 0.7 * max(h, w), (heads, 2))], axis=1)
+    masks = torch.from_numpy(np.stack([ellipse_mask(h, w, b) for b in boxes]))
+    squares = _crop_squares(torch.tensor(boxes, dtype=torch.float32), 0.15)
+    index = torch.from_numpy(rng.integers(0, 2, heads))
+    windows = _masked_windows(source, masks, squares, index, size)
+    whole = _masked_images(source, masks, squares, index, size, budget_bytes=budget)
+    assert (windows - whole).abs().max() < 1e-5

@@ -186,3 +186,26 @@ def test_boxes_from_masks_pixel_extent_and_empty_fallback() -> None:
     out = boxes_from_masks(masks, fallback)
     assert out.tolist() == [[3, 2, 9, 5], [11, 7, 12, 8], [1.5, 2.5, 3.5, 4.5]]
     assert boxes_from_masks(masks[:0], fallback[:0]).shape == (0, 4)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_batched_mask_pasting_matches_torchvision(seed: int) -> None:
+    from torchvision.models.detection.roi_heads import paste_masks_in_image
+
+    from headseg.segmentation import paste_masks
+
+    gen = torch.Generator().manual_seed(seed)
+    h, w = (int(v) for v in torch.randint(1, 200, (2,), generator=gen))
+    n = 9
+    masks = torch.rand(n, 1, 28, 28, generator=gen)
+    size = torch.tensor([w, h], dtype=torch.float32)
+    corner = torch.rand(n, 2, generator=gen) * size * 0.9
+    extent = torch.rand(n, 2, generator=gen) * size * 0.6
+    boxes = torch.cat([corner, torch.minimum(corner + extent, size)], dim=1)
+    boxes[0] = torch.tensor([0.0, 0.0, w, h])  # a box filling the image
+    boxes[1, 2:] = boxes[1, :2] + 0.3  # smaller than a pixel
+    expected = paste_masks_in_image(masks, boxes, (h, w))
+    got = paste_masks(masks, boxes, (h, w))
+    assert got.shape == expected.shape == (n, 1, h, w)
+    assert (got - expected).abs().max() < 1e-5
+    assert paste_masks(masks[:0], boxes[:0], (h, w)).shape == (0, 1, h, w)
