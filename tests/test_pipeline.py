@@ -265,15 +265,21 @@ def test_benchmark_tool_times_all_systems_and_writes_json(checkpoints: tuple[Pat
     results = benchmark.main(benchmark.parse_args(
         ["--images", str(images), "--seg", str(checkpoints[0]), "--cls", str(checkpoints[1]),
          "--device", "cpu", "--repeats", "1", "--threads", "1", "--profile", "--out", str(out),
-         "--seg-set", "rpn_post_nms_top_n_test=50"]))
+         "--seg-set", "rpn_post_nms_top_n_test=50", "--resize", "48x40", "--num-images", "3",
+         "--batch-size", "2"]))
     assert [r["system"] for r in results] == list(benchmark.SYSTEMS)
     for r in results:
-        assert r["images"] == 2 and r["images_per_second"] > 0 and r["peak_cpu_rss_mb"] > 0
+        assert r["images"] == 3 and r["images_per_second"] > 0 and r["peak_cpu_rss_mb"] > 0
         assert r["ms_per_image"] == pytest.approx(1000 / r["images_per_second"])
-    headseg = results[-1]
+    headseg = results[benchmark.SYSTEMS.index("headseg")]
     assert 0.0 <= headseg["classification_fraction"] <= 1.0
     assert set(headseg["profile_ms_per_image"]) >= {"backbone_fpn", "rpn", "crops_classify_results"}
     assert json.loads(out.read_text())["results"] == results
+    loaded = benchmark._load_images(benchmark.parse_args(["--images", str(images), "--resize", "48x40",
+                                                          "--num-images", "5"]))
+    assert [im.shape for im in loaded] == [(40, 48, 3)] * 5 and np.array_equal(loaded[0], loaded[2])
+    with pytest.raises(ValueError, match="expected WxH"):
+        benchmark._load_images(benchmark.parse_args(["--images", str(images), "--resize", "640"]))
 
 
 def test_segmenter_inference_fields_can_be_overridden(checkpoints: tuple[Path, Path]) -> None:

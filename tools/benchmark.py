@@ -9,7 +9,10 @@ Systems, each timed in a fresh subprocess (so peak memory is its own):
   1000/1000 proposals), then NumPy crops (:func:`headseg.crops.crop_head`) and one
   classifier call per head scoring >= 0.5: what a first script around the two models does;
 * ``headseg``: :class:`HeadwearPipeline` as shipped (its checkpoint's settings), end to end,
-  with the split between segmentation and classification.
+  with the split between segmentation and classification;
+* ``backbone``: the lower bound, headseg's resize + normalise and backbone + FPN alone on the
+  same batches (no RPN, heads, masks or classifier): the network's own cost, which the
+  pipeline's rate is measured against.
 
 Warm-up first, then the median of ``--repeats`` passes over the images. Prints a table and
 writes JSON. ``naive`` and ``headseg`` run the same trained weights; ``tv_default``'s larger
@@ -18,7 +21,8 @@ random heads still return detections to paste).
 
 Examples:
     python tools/benchmark.py --images docs/samples --repeats 3 --out docs/benchmark_cpu.json
-    python tools/benchmark.py --images val_images/ --device cuda --batch-size 8
+    python tools/benchmark.py --images docs/samples --resize 640x480 --num-images 64 \
+        --device cuda --batch-size 8 --repeats 10 --profile --out docs/benchmark_gpu.json
     python tools/benchmark.py --systems headseg --seg-set min_size=800 max_size=1333   # one lever
 """
 
@@ -40,13 +44,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-SYSTEMS = ("tv_default", "naive", "headseg")
+SYSTEMS = ("tv_default", "naive", "headseg", "backbone")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=Path, default=Path("docs/samples"), help="folder of images")
+    parser.add_argument("--resize", metavar="WxH", help="resize every image to W x H pixels, e.g. 640x480")
+    parser.add_argument("--num-images", type=int, default=0,
+                        help="use this many images, cycling through the folder (0: each once)")
     parser.add_argument("--seg", type=Path, help="segmenter checkpoint (default: bundled)")
     parser.add_argument("--cls", type=Path, help="classifier checkpoint (default: bundled)")
     parser.add_argument("--systems", nargs="+", default=list(SYSTEMS), choices=SYSTEMS)
@@ -61,6 +68,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def _load_images(args: argparse.Namespace) -> list[np.ndarray]:
+    """The benchmark's images: the folder's, resized and cycled as asked."""
+    import cv2
+
+    from headseg.io import IMAGE_EXTENSIONS, read_image
+
+    paths = sorted(p for p in args.images.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+    if not paths:
+        raise FileNotFoundError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {args.images}")
+    images = [read_image(p) for p in paths]
+    if args.resize:
+        try:
+            w, h = (int(v) for v in args.resize.lower().split("x"))
+        except ValueError:
+            raise ValueError(f"--resize {args.resize!r}; expected WxH in pixels, e.g. 640x480") from None
+        images = [cv2.resize(im, (w, h), interpolation=cv2.INTER_AREA) for im in images]
+    if args.num_images:
+        images = [images[i % len(images)] for i in range(args.num_images)]
+    return images
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -70,7 +98,6 @@ def _run(system: str, args: argparse.Namespace, queue: mp.Queue) -> None:
     """Time one system in this (child) process and put its numbers on ``queue``."""
     from headseg.config import SegModelConfig, parse_overrides
     from headseg.crops import crop_head
-    from headseg.io import IMAGE_EXTENSIONS, read_image
     from headseg.pipeline import ASSETS, HeadwearPipeline
     from headseg.segmentation import build_segmenter, load_segmenter
 
@@ -80,9 +107,9 @@ def _run(system: str, args: argparse.Namespace, queue: mp.Queue) -> None:
     seg, cls = args.seg or ASSETS / "segmenter.pt", args.cls or ASSETS / "classifier.pt"
     overrides = parse_overrides(args.seg_set)
     pipe = HeadwearPipeline.from_checkpoint(seg, cls, device, batch_size=args.batch_size,
-                                            seg_overrides=overrides if system == "headseg" else None)
-    paths = sorted(p for p in args.images.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
-    images = [read_image(p) for p in paths]
+                                            seg_overrides=overrides if system in ("headseg", "backbone")
+                                            else None)
+    images = _load_images(args)
     timings = {"seg": 0.0, "cls": 0.0}
 
     if system == "headseg":
@@ -97,6 +124,8 @@ def _run(system: str, args: argparse.Namespace, queue: mp.Queue) -> None:
             return out
 
         pipe._segment = timed_segment
+    elif system == "backbone":
+        tv = pipe.segmenter
     elif system == "naive":
         tv, _, _ = load_segmenter(seg, device, min_size=800, max_size=1333, rpn_pre_nms_top_n_test=1000,
                                   rpn_post_nms_top_n_test=1000, box_from_mask=False)
@@ -116,7 +145,14 @@ def _run(system: str, args: argparse.Namespace, queue: mp.Queue) -> None:
                 heads += sum(len(r) for r in pipe(batch))
                 continue
             t0 = time.perf_counter()
-            outs = tv([torch.from_numpy(im).to(device).permute(2, 0, 1).float() / 255 for im in batch])
+            tensors = [torch.from_numpy(im).to(device).permute(2, 0, 1).float() / 255 for im in batch]
+            if system == "backbone":
+                with torch.autocast(device.type, enabled=pipe.amp):
+                    tv.backbone(tv.transform(tensors)[0].tensors)
+                _sync(device)
+                timings["seg"] += time.perf_counter() - t0
+                continue
+            outs = tv(tensors)
             _sync(device)
             t1 = time.perf_counter()
             timings["seg"] += t1 - t0
@@ -195,6 +231,19 @@ def _profile(pipe, images: list[np.ndarray], device: torch.device) -> dict[str, 
     return stages
 
 
+def _result_of(proc: mp.Process, queue: mp.Queue, system: str) -> dict:
+    """The child's numbers; a clear error, not a hang, when it dies first."""
+    import queue as queue_module
+
+    while True:
+        try:
+            return queue.get(timeout=1.0)
+        except queue_module.Empty:
+            if not proc.is_alive() and queue.empty():
+                raise RuntimeError(f"benchmark of {system!r} exited with code {proc.exitcode} before "
+                                   "reporting; its error is printed above") from None
+
+
 def main(args: argparse.Namespace) -> list[dict]:
     ctx = mp.get_context("spawn")
     results = []
@@ -202,9 +251,10 @@ def main(args: argparse.Namespace) -> list[dict]:
         queue = ctx.Queue()
         proc = ctx.Process(target=_run, args=(system, args, queue))
         proc.start()
-        results.append(queue.get())
+        results.append(_result_of(proc, queue, system))
         proc.join()
     base = next((r["images_per_second"] for r in results if r["system"] == "tv_default"), None)
+    lower = next((r["images_per_second"] for r in results if r["system"] == "backbone"), None)
     print(f"device={args.device} batch={args.batch_size} images={results[0]['images']} "
           f"threads={args.threads or torch.get_num_threads()}")
     print(f"{'system':<12}{'img/s':>9}{'ms/img':>9}{'vs tv':>8}{'peak MB':>10}{'heads':>7}")
@@ -214,6 +264,8 @@ def main(args: argparse.Namespace) -> list[dict]:
         print(f"{r['system']:<12}{r['images_per_second']:>9.2f}{r['ms_per_image']:>9.1f}{ratio:>8}"
               f"{peak:>10.0f}{r['heads_per_pass']:>7}")
     for r in results:
+        if r["system"] == "headseg" and lower:
+            print(f"headseg runs at {100 * r['images_per_second'] / lower:.0f}% of the backbone-only rate")
         if "classification_fraction" in r:
             print(f"{r['system']}: crops + classification = {100 * r['classification_fraction']:.1f}% of time")
         for stage, ms in r.get("profile_ms_per_image", {}).items():
