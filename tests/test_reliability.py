@@ -275,3 +275,18 @@ def test_fuzz_image_reader(tmp_path_factory, suffix: str, flips, keep_percent: i
     except ValueError:
         return
     assert out.dtype == np.uint8 and out.ndim == 3 and out.shape[2] == 3
+
+
+@pytest.mark.parametrize("tool", ["eval_seg.py", "pack_model.py"])
+def test_tools_end_user_errors_with_one_line(tool: str, tmp_path: Path) -> None:
+    """A missing checkpoint is one ``error:`` line and exit status 2; HEADSEG_DEBUG=1 shows the traceback."""
+    missing = tmp_path / "missing.pt"
+    cmd = [sys.executable, str(ROOT / "tools" / tool), str(missing), str(tmp_path / "other")]
+    env = {k: v for k, v in os.environ.items() if k != "HEADSEG_DEBUG"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert lines[-1].startswith("error: ") and str(missing) in lines[-1]
+    assert "Traceback" not in proc.stderr
+    debug = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env={**env, "HEADSEG_DEBUG": "1"})
+    assert debug.returncode != 0 and "Traceback" in debug.stderr

@@ -44,6 +44,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from tools._cli import run  # noqa: E402
+
 SYSTEMS = ("tv_default", "naive", "headseg", "backbone")
 
 
@@ -281,4 +283,4 @@ def main(args: argparse.Namespace) -> list[dict]:
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    run(main, parse_args())

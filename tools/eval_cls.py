@@ -41,6 +41,7 @@ from headseg.evaluation import (  # noqa: E402
 )
 from headseg.io import write_json, write_text  # noqa: E402
 from headseg.training import load_checkpoint  # noqa: E402
+from tools._cli import run  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -87,4 +88,4 @@ def main(args: argparse.Namespace) -> dict[str, float]:
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    run(main, parse_args())

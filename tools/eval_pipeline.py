@@ -34,6 +34,7 @@ from headseg.evaluation import coco_evaluate, format_metrics_table, operating_po
 from headseg.io import read_image, write_json  # noqa: E402
 from headseg.pipeline import HeadwearPipeline, predict_coco  # noqa: E402
 from headseg.segmentation import evaluate_segmenter, load_segmenter  # noqa: E402
+from tools._cli import run  # noqa: E402
 
 KEYS = ("bbox/AP", "bbox/AP50", "bbox/AP75", "bbox/APs", "op_thresh", "precision", "recall", "f1",
         "f1_best_thresh")
@@ -134,4 +135,4 @@ def main(args: argparse.Namespace) -> dict[str, float]:
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    run(main, parse_args())

@@ -27,6 +27,7 @@ from headseg.data import load_coco  # noqa: E402
 from headseg.evaluation import format_metrics_table  # noqa: E402
 from headseg.io import write_json  # noqa: E402
 from headseg.segmentation import evaluate_segmenter, load_segmenter  # noqa: E402
+from tools._cli import run  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -62,4 +63,4 @@ def main(args: argparse.Namespace) -> dict[str, float]:
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    run(main, parse_args())

@@ -31,6 +31,7 @@ from headseg.export import (  # noqa: E402
 )
 from headseg.io import read_image  # noqa: E402
 from headseg.segmentation import load_segmenter  # noqa: E402
+from tools._cli import run  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -89,4 +90,4 @@ def main(args: argparse.Namespace) -> dict[str, str]:
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    run(main, parse_args())

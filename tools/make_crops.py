@@ -38,6 +38,7 @@ from headseg.classification import make_crop_set  # noqa: E402
 from headseg.config import ClsConfig, load_config  # noqa: E402
 from headseg.data import load_coco  # noqa: E402
 from headseg.segmentation import load_segmenter  # noqa: E402
+from tools._cli import run  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -79,4 +80,4 @@ def main(args: argparse.Namespace) -> Path:
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    run(main, parse_args())

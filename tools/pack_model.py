@@ -26,6 +26,7 @@ import torch  # noqa: E402
 from headseg.config import parse_overrides  # noqa: E402
 from headseg.segmentation import INFERENCE_FIELDS, with_inference_overrides  # noqa: E402
 from headseg.training import save_checkpoint  # noqa: E402
+from tools._cli import run  # noqa: E402
 
 # Everything a checkpoint needs at inference; optimizer, scheduler and RNG states are dropped.
 KEEP = ("kind", "version", "model", "config", "class_names", "epoch", "metrics", "input_size",
@@ -61,4 +62,4 @@ def main(args: argparse.Namespace) -> Path:
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    run(main, parse_args())

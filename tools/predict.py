@@ -29,6 +29,7 @@ from tqdm import tqdm  # noqa: E402
 
 from headseg.io import IMAGE_EXTENSIONS, read_image, write_json  # noqa: E402
 from headseg.pipeline import HeadwearPipeline, ImageResult  # noqa: E402
+from tools._cli import run  # noqa: E402
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
 DECODE_AHEAD = 4  # images decoded in threads while the model runs (OpenCV releases the GIL)
@@ -179,11 +180,4 @@ def main(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    arguments = parse_args()
-    try:
-        sys.exit(main(arguments))
-    except (OSError, ValueError, TypeError) as error:
-        if arguments.debug:
-            raise
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+    run(main, parse_args())

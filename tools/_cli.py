@@ -1,0 +1,29 @@
+"""What every tool does on the command line: a user error ends with one line, not a traceback."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable
+from typing import Any, NoReturn
+
+DEBUG_VARIABLE = "HEADSEG_DEBUG"
+
+
+def run(main: Callable[[argparse.Namespace], Any], args: argparse.Namespace) -> NoReturn:
+    """Call ``main(args)`` and exit: with its status when it returns an int, else 0.
+
+    A bad input (a missing file, an unknown ``--set`` key, a malformed JSON...) raises
+    ``OSError``, ``ValueError`` or ``TypeError`` with a sentence saying what was wrong and how
+    to fix it; that sentence is printed as ``error: ...`` and the exit status is 2. Set
+    ``HEADSEG_DEBUG=1`` (or pass ``--debug`` where a tool has it) for the traceback.
+    """
+    try:
+        status = main(args)
+    except (OSError, ValueError, TypeError) as error:
+        if getattr(args, "debug", False) or os.environ.get(DEBUG_VARIABLE, "") not in ("", "0"):
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+    sys.exit(status if isinstance(status, int) and not isinstance(status, bool) else 0)
