@@ -251,8 +251,8 @@ def paste_masks(masks: torch.Tensor, boxes: torch.Tensor, image_size: tuple[int,
     ``align_corners=False``), without its loop: bilinear resizing is separable, so each mask is
     ``rows @ mask @ cols.T`` with interpolation matrices that are zero outside its box. Two
     batched matrix products replace one resize and one host read of the box per mask (a device
-    sync per mask on a GPU). On the CPU it is faster too: 1.1 vs 2.7 ms for 11 masks in a 400 x
-    300 photo, 83 vs 142 ms for 20 masks in 2048 x 1536 (docs/PERFORMANCE.md).
+    sync per mask on a GPU). On the CPU it is 1.5-1.9x faster too (``tools/bench_paste.py``,
+    docs/PERFORMANCE.md).
 
     Args:
         masks: ``(N, 1, M, M)`` mask probabilities from the mask head.

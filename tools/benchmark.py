@@ -255,6 +255,8 @@ def main(args: argparse.Namespace) -> list[dict]:
         proc.start()
         results.append(_result_of(proc, queue, system))
         proc.join()
+        queue.close()
+        queue.join_thread()
     base = next((r["images_per_second"] for r in results if r["system"] == "tv_default"), None)
     lower = next((r["images_per_second"] for r in results if r["system"] == "backbone"), None)
     print(f"device={args.device} batch={args.batch_size} images={results[0]['images']} "
