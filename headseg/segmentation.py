@@ -25,6 +25,7 @@ from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHe
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.models.detection.roi_heads import expand_boxes
 from torchvision.models.detection.rpn import RPNHead
+from torch.nn.utils.fusion import fuse_conv_bn_weights
 from torchvision.ops import FrozenBatchNorm2d
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 from tqdm import tqdm
@@ -212,6 +213,33 @@ def load_segmenter(path: str | Path, device: str | torch.device = "cpu",
                             len(state["class_names"]))
     model.load_state_dict({k: v.float() for k, v in state["model"].items()})
     return model.eval().to(device), cfg, state["class_names"]
+
+
+def fold_frozen_batchnorm(model: nn.Module) -> int:
+    """Fold every ``FrozenBatchNorm2d`` that directly follows a convolution into it, in place.
+
+    "Follows" means the next child module of the same parent, the order in which torchvision's
+    MobileNetV2 and ResNet blocks apply them (``tests/test_segmentation.py`` checks both).
+
+    The backbone's normalisation is a fixed per-channel affine map after each convolution, so
+    it can live in the convolution's weights and bias (``torch.nn.utils.fusion``): the same
+    outputs within float rounding, one pass over each feature map less. For inference only:
+    the folded model trains differently (its statistics are gone).
+
+    Returns:
+        How many were folded (each replaced by ``nn.Identity``).
+    """
+    folded = 0
+    for parent in list(model.modules()):
+        children = list(parent.named_children())
+        for (_, conv), (name, norm) in zip(children, children[1:]):
+            if isinstance(conv, nn.Conv2d) and isinstance(norm, FrozenBatchNorm2d):
+                conv.weight, conv.bias = fuse_conv_bn_weights(conv.weight, conv.bias, norm.running_mean,
+                                                              norm.running_var, norm.eps, norm.weight,
+                                                              norm.bias)
+                setattr(parent, name, nn.Identity())
+                folded += 1
+    return folded
 
 
 # ----------------------------------------------------------------------------- inference

@@ -336,3 +336,30 @@ def test_classifier_batchnorm_folding_keeps_outputs(checkpoints: tuple[Path, Pat
 
     untraceable = Untraceable()
     assert _fold_batchnorm(untraceable) is untraceable
+
+
+def test_stage_one_equals_the_plain_segmenter(checkpoints: tuple[Path, Path]) -> None:
+    """Folded BatchNorm, channels-last and batched pasting change no detection."""
+    from torchvision.ops import FrozenBatchNorm2d
+
+    from headseg.classification import load_classifier, preprocessing_from_checkpoint
+    from headseg.segmentation import load_segmenter
+    from headseg.training import load_checkpoint
+
+    segmenter, seg_cfg, _ = load_segmenter(checkpoints[0])
+    segmenter.roi_heads.score_thresh = 0.0
+    state = load_checkpoint(checkpoints[1], "classifier")
+    classifier, cls_cfg, names = load_classifier(state)
+    pre = preprocessing_from_checkpoint(state)
+    pipe = HeadwearPipeline(segmenter, classifier, seg_cfg, cls_cfg, names, pre.mean, pre.std,
+                            score_thresh=0.0)
+    assert any(isinstance(m, FrozenBatchNorm2d) for m in segmenter.modules())  # the caller's model is kept
+    images = [torch.from_numpy(_image(seed)).permute(2, 0, 1).float() / 255 for seed in range(2)]
+    with torch.inference_mode():
+        want = segmenter(images)
+        got = pipe._segment(images)
+    for plain, (boxes, scores, masks) in zip(want, got):
+        keep = (plain["masks"][:, 0] > pipe.mask_thresh).flatten(1).any(1)
+        assert len(boxes) == int(keep.sum()) > 0
+        assert torch.allclose(scores, plain["scores"][keep], atol=1e-4)
+        assert torch.equal(masks, plain["masks"][keep, 0] > pipe.mask_thresh)

@@ -209,3 +209,31 @@ def test_batched_mask_pasting_matches_torchvision(seed: int) -> None:
     assert got.shape == expected.shape == (n, 1, h, w)
     assert (got - expected).abs().max() < 1e-5
     assert paste_masks(masks[:0], boxes[:0], (h, w)).shape == (0, 1, h, w)
+
+
+@pytest.mark.parametrize("arch", ["mobilenet_v2_fpn", "resnet50_fpn"])
+def test_folding_frozen_batchnorm_keeps_backbone_outputs(arch: str) -> None:
+    import copy
+
+    from torchvision.ops import FrozenBatchNorm2d
+
+    from headseg.segmentation import fold_frozen_batchnorm
+
+    model = build_segmenter(SegModelConfig(arch=arch, weights="none", fpn_channels=32), 1).eval()
+    gen = torch.Generator().manual_seed(0)
+    norms = [m for m in model.modules() if isinstance(m, FrozenBatchNorm2d)]
+    for m in norms:  # trained-looking statistics, so that folding has something to fold
+        c = m.weight.shape[0]
+        m.weight.copy_(0.5 + torch.rand(c, generator=gen))
+        m.bias.copy_(torch.randn(c, generator=gen) * 0.1)
+        m.running_mean.copy_(torch.randn(c, generator=gen) * 0.1)
+        m.running_var.copy_(0.5 + torch.rand(c, generator=gen))
+    folded = copy.deepcopy(model)
+    assert fold_frozen_batchnorm(folded.backbone) == len(norms)
+    assert not any(isinstance(m, FrozenBatchNorm2d) for m in folded.modules())
+    x = torch.rand(1, 3, 64, 96)
+    with torch.inference_mode():
+        want, got = model.backbone(x), folded.backbone(x.contiguous(memory_format=torch.channels_last))
+    for level in want:
+        scale = want[level].abs().max()
+        assert (got[level] - want[level]).abs().max() <= 1e-4 * scale, level

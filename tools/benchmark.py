@@ -150,7 +150,7 @@ def _run(system: str, args: argparse.Namespace, queue: mp.Queue) -> None:
             tensors = [torch.from_numpy(im).to(device).permute(2, 0, 1).float() / 255 for im in batch]
             if system == "backbone":
                 with torch.autocast(device.type, enabled=pipe.amp):
-                    tv.backbone(tv.transform(tensors)[0].tensors)
+                    pipe._backbone(tv.transform(tensors)[0].tensors)
                 _sync(device)
                 timings["seg"] += time.perf_counter() - t0
                 continue
@@ -217,7 +217,7 @@ def _profile(pipe, images: list[np.ndarray], device: torch.device) -> dict[str, 
         t = tick("to_tensor", t)
         image_list, _ = model.transform(x)
         t = tick("resize_normalize", t)
-        features = model.backbone(image_list.tensors)
+        features = pipe._backbone(image_list.tensors)
         t = tick("backbone_fpn", t)
         proposals, _ = model.rpn(image_list, features)
         t = tick("rpn", t)
