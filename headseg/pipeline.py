@@ -204,7 +204,9 @@ class HeadwearPipeline:
 
     Args:
         segmenter: A torchvision Mask R-CNN (from :func:`headseg.segmentation.load_segmenter`).
-        classifier: The attire classifier (from :func:`headseg.classification.load_classifier`).
+            The pipeline runs a copy with its BatchNorm folded; the model passed in is untouched.
+        classifier: The attire classifier (from :func:`headseg.classification.load_classifier`),
+            likewise folded in a copy.
         seg_config: The segmenter's training config (its preprocessing is inside the model).
         cls_config: The classifier's config: crop rules and input size.
         class_names: Attire labels, in the classifier's output order.
@@ -232,7 +234,8 @@ class HeadwearPipeline:
         self.segmenter = copy.deepcopy(segmenter).eval()
         fold_frozen_batchnorm(self.segmenter)
         self.segmenter.to(self.device, memory_format=torch.channels_last)
-        self.classifier = _fold_batchnorm(classifier.eval()).to(self.device, memory_format=torch.channels_last)
+        self.classifier = _fold_batchnorm(classifier.eval())
+        self.classifier.to(self.device, memory_format=torch.channels_last)
         self.seg_config, self.cls_config = seg_config, cls_config
         self.class_names = list(class_names)
         self.mean = torch.tensor(mean, device=self.device).view(1, 3, 1, 1)
