@@ -230,7 +230,7 @@ class HeadwearPipeline:
                              f"mask_thresh={mask_thresh} in (0, 1)")
         self.device = torch.device(device)
         # Inference copies: BatchNorm folded into the convolutions and channels-last layout,
-        # 1.7x faster end to end on a 2-core CPU at the same outputs (docs/PERFORMANCE.md).
+        # the same outputs and a 3x faster backbone on a 2-core CPU (docs/PERFORMANCE.md).
         self.segmenter = copy.deepcopy(segmenter).eval()
         fold_frozen_batchnorm(self.segmenter)
         self.segmenter.to(self.device, memory_format=torch.channels_last)
@@ -411,14 +411,15 @@ class HeadwearPipeline:
             x = ((crops - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
             with torch.autocast(self.device.type, enabled=self.amp):
                 probs = torch.softmax(self.classifier(x).float(), dim=1)
-        # One copy to the host for the whole batch.
-        boxes, scores, masks, probs = (t.cpu().numpy() for t in (boxes, scores, masks, probs))
+        # One copy to the host for the batch's numbers; masks image by image, so that a result
+        # kept alone does not keep its batch-mates' masks alive.
+        boxes, scores, probs = (t.cpu().numpy() for t in (boxes, scores, probs))
         results, offset = [], 0
-        for count, image, source in zip(counts, images, sources):
+        for count, image_masks, image, source in zip(counts, torch.split(masks, counts), images, sources):
             heads = []
-            for i in range(offset, offset + count):
+            for i, mask in enumerate(image_masks.cpu().numpy(), start=offset):
                 k = int(probs[i].argmax())
-                heads.append(Head(tuple(float(v) for v in boxes[i]), masks[i], float(scores[i]),
+                heads.append(Head(tuple(float(v) for v in boxes[i]), mask, float(scores[i]),
                                   self.class_names[k], float(probs[i, k]),
                                   {n: float(v) for n, v in zip(self.class_names, probs[i])}))
             offset += count
