@@ -384,10 +384,9 @@ def _masked_images(source: torch.Tensor, masks: torch.Tensor, squares: torch.Ten
 
     Each head's full-size masked image is built at once and one ``roi_align`` call resamples
     a chunk of them, the chunk sized to ``budget_bytes`` of scratch memory (about 13 float
-    channels of the image's size per head). More arithmetic
-    than the windows, but a handful of kernel launches per batch instead of several per head
-    and no host round trip per head: the form for a GPU. Same values as the windows
-    (``tests/test_crops.py``).
+    channels of the image's size per head). More arithmetic than the windows, but a handful
+    of kernel launches per batch instead of several per head and no host round trip per
+    head: the form for a GPU. Same values as the windows (``tests/test_crops.py``).
     """
     n = squares.shape[0]
     out = source.new_empty((n, 4, size, size))
