@@ -10,9 +10,9 @@ Systems, each timed in a fresh subprocess (so peak memory is its own):
   classifier call per head scoring >= 0.5: what a first script around the two models does;
 * ``headseg``: :class:`HeadwearPipeline` as shipped (its checkpoint's settings), end to end,
   with the split between segmentation and classification;
-* ``backbone``: the lower bound, headseg's resize + normalise and backbone + FPN alone on the
-  same batches (no RPN, heads, masks or classifier): the network's own cost, which the
-  pipeline's rate is measured against.
+* ``backbone``: the lower bound, headseg's resize + normalise and backbone + FPN alone, as the
+  pipeline runs them (BatchNorm folded, channels-last), on the same batches (no RPN, heads,
+  masks or classifier): the network's own cost, which the pipeline's rate is measured against.
 
 Warm-up first, then the median of ``--repeats`` passes over the images. Prints a table and
 writes JSON. ``naive`` and ``headseg`` run the same trained weights; ``tv_default``'s larger
@@ -247,6 +247,7 @@ def _result_of(proc: mp.Process, queue: mp.Queue, system: str) -> dict:
 
 
 def main(args: argparse.Namespace) -> list[dict]:
+    _load_images(args)  # bad --images or --resize: one clear error here, not one per child
     ctx = mp.get_context("spawn")
     results = []
     for system in args.systems:
