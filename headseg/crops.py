@@ -280,8 +280,8 @@ def crop_heads(images: torch.Tensor, masks: torch.Tensor | None, boxes: torch.Te
     the reference about 6x closer at a quarter of the work, but gave 0.9 points less facemask
     val attire mAP50, so 2 x 2 stays.) The blur fill is computed in crop space,
     where every head's sigma is the same number of cells, so one ``gaussian_blur`` call serves
-    all heads whatever their sizes. Memory beyond the inputs: ``(heads in one image) x 3 x H x W``
-    floats for the masked images, one image at a time.
+    all heads whatever their sizes. Memory beyond the inputs: on the CPU one window under each
+    head at a time; on other devices masked full-size images, at most 256 MB of them at once.
 
     Args:
         images: ``(B, 3, H, W)`` float in ``[0, 1]`` or uint8 in ``0..255``, any channel order.

@@ -222,7 +222,7 @@ def test_haar_baseline_and_joint_evaluation(checkpoints: tuple[Path, Path], synt
         assert report[f"{system}/f1_at_best_thresh"] >= report[f"{system}/f1"]
     assert report["two_stage/op_thresh"] == 0.3 and report["haar/op_thresh"] == 0.5
     assert json.loads(out.read_text()) == pytest.approx(report)
-    with pytest.raises(SystemExit, match="SYSTEM=T"):
+    with pytest.raises(ValueError, match="SYSTEM=T"):
         eval_pipeline.main(eval_pipeline.parse_args(
             [str(synthetic_data["test"]), "--seg", str(seg), "--cls", str(cls_path), "--op-thresh", "bogus=1"]))
 

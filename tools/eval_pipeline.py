@@ -77,7 +77,7 @@ def _op_thresholds(values: list[str]) -> dict[str, float]:
                 raise ValueError
             thresholds[name] = float(value)
         except ValueError:
-            raise SystemExit(f"error: --op-thresh {item!r}; expected T or SYSTEM=T with SYSTEM in "
+            raise ValueError(f"--op-thresh {item!r}; expected T or SYSTEM=T with SYSTEM in "
                              f"{', '.join(SYSTEMS)} and T a number") from None
     return thresholds
 

@@ -140,7 +140,7 @@ def main(args: argparse.Namespace) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     if args.seg or args.cls:
         if not (args.seg and args.cls):
-            raise SystemExit("error: give both --seg and --cls, or neither for the bundled model")
+            raise ValueError("give both --seg and --cls, or neither for the bundled model")
         pipe = HeadwearPipeline.from_checkpoint(args.seg, args.cls, args.device,
                                                 score_thresh=args.score_thresh, batch_size=args.batch_size)
     else:
