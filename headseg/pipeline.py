@@ -16,7 +16,7 @@ import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Union
+from typing import TYPE_CHECKING, Any, Union
 
 import cv2
 import numpy as np
@@ -30,6 +30,9 @@ from headseg.crops import crop_heads
 from headseg.data import CocoHeads
 from headseg.io import read_image
 from headseg.segmentation import boxes_from_masks, fold_frozen_batchnorm, paste_masks
+
+if TYPE_CHECKING:
+    from headseg.tracking import FrameResult, Tracker
 
 log = logging.getLogger(__name__)
 
@@ -333,8 +336,8 @@ class HeadwearPipeline:
                         results[i] = _grow(out, loaded[i][2])
         return results[0] if single else results  # type: ignore[return-value]
 
-    def track(self, source: str | int | Path, tracker: Any = None, stride: int = 1,
-              max_frames: int | None = None, duration: float | None = None) -> Iterator[Any]:
+    def track(self, source: str | int | Path, tracker: Tracker | None = None, stride: int = 1,
+              max_frames: int | None = None, duration: float | None = None) -> Iterator[FrameResult]:
         """Heads with track ids, frame by frame, from a video file, camera index or stream URL.
 
             >>> for frame in pipe.track("clip.mp4", stride=2):
