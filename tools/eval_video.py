@@ -61,7 +61,8 @@ def main(args: argparse.Namespace) -> dict:
     start = time.perf_counter()
     report = evaluate_clips(pipe, coco, chosen, args.motions, args.frames, stride=args.stride,
                             min_frames=args.min_frames, seed=args.seed)
-    report.update(coco=str(args.coco), image_ids=chosen, stride=args.stride, seconds=round(time.perf_counter() - start, 1),
+    report.update(coco=str(args.coco), image_ids=chosen, stride=args.stride,
+                  seconds=round(time.perf_counter() - start, 1),
                   seg=str(args.seg or "bundled"), cls=str(args.cls or "bundled"))
     print(json.dumps(report, indent=2))
     if args.out:
