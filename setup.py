@@ -23,6 +23,13 @@ setup(
         "PyYAML>=6.0",
         "tqdm>=4.64",
         "matplotlib>=3.7",
+        # Video: ByteTrack links heads across frames (headseg.tracking); Roboflow's `trackers`
+        # is where supervision's sv.ByteTrack moved. It declares opencv-python, the GUI build
+        # of the same cv2 package as the headless one above: `make venv` keeps the headless one.
+        "trackers>=2.6,<3",
+        # Tracking metrics (MOTA, IDF1) for tools/eval_video.py: MOTChallenge's TrackEval.
+        # motmetrics 1.4 calls np.asfarray, gone in NumPy 2.
+        "trackeval>=1.3",
     ],
     entry_points={"console_scripts": ["headseg-weights=headseg.weights:main"]},
     extras_require={

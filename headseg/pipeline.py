@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Union
+from typing import TYPE_CHECKING, Any, Union
 
 import cv2
 import numpy as np
@@ -30,6 +30,9 @@ from headseg.crops import crop_heads
 from headseg.data import CocoHeads
 from headseg.io import read_image
 from headseg.segmentation import boxes_from_masks, fold_frozen_batchnorm, paste_masks
+
+if TYPE_CHECKING:
+    from headseg.tracking import FrameResult, Tracker
 
 log = logging.getLogger(__name__)
 
@@ -332,6 +335,29 @@ class HeadwearPipeline:
                     for i, out in zip(chunk, outs):
                         results[i] = _grow(out, loaded[i][2])
         return results[0] if single else results  # type: ignore[return-value]
+
+    def track(self, source: str | int | Path, tracker: Tracker | None = None, stride: int = 1,
+              max_frames: int | None = None, duration: float | None = None) -> Iterator[FrameResult]:
+        """Heads with track ids, frame by frame, from a video file, camera index or stream URL.
+
+            >>> for frame in pipe.track("clip.mp4", stride=2):
+            ...     print(frame.frame, frame.time_s, [(h.track_id, h.head.label) for h in frame.heads])
+
+        Args:
+            source: A video file, a camera index (``0``) or a stream URL.
+            tracker: A :class:`headseg.tracking.Tracker` (default: ByteTrack at the video's fps).
+            stride: Run the pipeline on every ``stride``-th frame and carry boxes in between.
+            max_frames, duration: Stop after this many frames / seconds of video.
+
+        Yields:
+            One :class:`headseg.tracking.FrameResult` per frame read; a damaged file or a
+            dropped stream ends the iteration with what was read (see :mod:`headseg.video`).
+        """
+        from headseg.tracking import ByteTracker  # noqa: PLC0415  (video needs pipeline: lazy)
+        from headseg.video import VideoReader, track_frames  # noqa: PLC0415
+
+        reader = VideoReader(source, max_frames, duration)
+        yield from track_frames(self, reader, tracker or ByteTracker(fps=reader.fps), stride, str(reader.source))
 
     @torch.inference_mode()
     def classify(self, image: np.ndarray, boxes_xyxy: np.ndarray, scores: np.ndarray,

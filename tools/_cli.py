@@ -27,3 +27,15 @@ def run(main: Callable[[argparse.Namespace], Any], args: argparse.Namespace) -> 
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
     sys.exit(status if isinstance(status, int) and not isinstance(status, bool) else 0)
+
+
+def load_pipeline(args: argparse.Namespace, **kwargs: Any) -> Any:
+    """``HeadwearPipeline`` from ``--seg``/``--cls`` (both or neither: the bundled model) and ``--device``."""
+    from headseg.pipeline import HeadwearPipeline  # noqa: PLC0415
+
+    if args.seg or args.cls:
+        if not (args.seg and args.cls):
+            raise ValueError("got only one of --seg and --cls; give both checkpoints, or neither "
+                             "for the bundled model")
+        return HeadwearPipeline.from_checkpoint(args.seg, args.cls, args.device, **kwargs)
+    return HeadwearPipeline.from_pretrained(args.device, **kwargs)

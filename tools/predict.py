@@ -4,6 +4,7 @@ Writes to ``--out``: one annotated PNG per image (``<name>.png``) or one annotat
 video, ``predictions.jsonl`` (one record per image or video frame: boxes, RLE masks, scores,
 labels, probabilities) and ``summary.json`` (heads per attire class). An unreadable input is
 reported on one line and skipped; the exit status is then 1. Tracebacks only with ``--debug``.
+Videos here are frame dumps; ``tools/track.py`` tracks people through them and writes events.
 
 Examples:
     python tools/predict.py docs/samples --out demo_output            # bundled default model
