@@ -244,8 +244,8 @@ def predict_with_ray(inputs: Sequence[str | Path] | Any, out: str | Path, *,
 
     Raises:
         ModuleNotFoundError: ray[data] is not installed.
-        ValueError: only one of ``seg`` and ``cls``, a Dataset without a ``path`` column, or a
-            non-positive size.
+        ValueError: only one of ``seg`` and ``cls``, a Dataset without a ``path`` column, a
+            non-positive size, or GPUs asked of a cluster without any.
     """
     ray = import_ray()
     if bool(seg) != bool(cls):
@@ -275,6 +275,9 @@ def predict_with_ray(inputs: Sequence[str | Path] | Any, out: str | Path, *,
     resources = ray.cluster_resources()
     if gpus_per_actor is None:
         gpus_per_actor = 0.5 if resources.get("GPU", 0) else 0.0
+    if gpus_per_actor and not resources.get("GPU", 0):
+        raise ValueError(f"got gpus_per_actor={gpus_per_actor}, but the Ray cluster has no GPU "
+                         f"({resources}); leave it unset (0 on a CPU cluster) or join a GPU cluster")
     if concurrency is None:
         concurrency = (int(resources["GPU"] / gpus_per_actor) if gpus_per_actor
                        else int(resources.get("CPU", 1) // cpus_per_actor))

@@ -139,6 +139,8 @@ def test_bad_arguments_say_what_to_do(tmp_path: Path, monkeypatch: pytest.Monkey
         predict_with_ray([str(tmp_path)], tmp_path / "out", seg=tmp_path / "seg.pt")
     with pytest.raises(ValueError, match="'path' column"):
         predict_with_ray(ray.data.from_items([{"file": "x.jpg"}]), tmp_path / "out")
+    with pytest.raises(ValueError, match="has no GPU"):
+        predict_with_ray([str(tmp_path)], tmp_path / "out", gpus_per_actor=0.5)
     monkeypatch.setitem(sys.modules, "ray", None)
     with pytest.raises(ModuleNotFoundError, match=r"pip install 'headseg\[ray\]'"):
         import_ray()
