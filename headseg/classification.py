@@ -1,62 +1,36 @@
 """Stage 2: classify the attire of each head from its square, masked crop (transfer learning).
 
-The data flow is ``COCO -> crop set -> classifier``:
+The model (any torchvision classifier with a new head, :func:`build_classifier`), its
+checkpoints and the training behind ``tools/train_cls.py`` (:func:`train_classifier`): the new
+head alone on a frozen backbone first, then the whole network. Crops come from a crop set
+(:mod:`headseg.crop_sets`); the epoch loop and checkpoints are :mod:`headseg.engine`'s.
 
-* :func:`make_crop_set` cuts one crop per head (:func:`headseg.crops.crop_head`) from ground-truth
-  annotations or from segmenter predictions and writes ``crops/*.png`` plus ``index.csv``
-  (columns ``crop, label, image_id, ann_id, source_image, source[, score, iou]``), ``classes.txt``
-  (class names in order) and ``crops.json`` (the crop rules and where the masks came from). With
-  box-only data such as the shared real sets, the masks are *derived* from the boxes (inscribed
-  ellipses), never drawn by hand, and ``crops.json`` says so.
-* :class:`CropIndexDataset` reads such an index; :func:`train_classifier` fine-tunes an ImageNet
-  classifier on it: the new head alone on a frozen backbone first, then the whole network.
-* Checkpoints carry the config, class names, input size, mean/std and crop rules, so
-  :func:`load_classifier` and :func:`preprocessing_from_checkpoint` need nothing else.
+Checkpoints carry the config, class names and one preprocessing record (mean/std and crop
+rules, :class:`ClsPreprocessing`), so :meth:`Classifier.load` needs nothing else.
 
 Tensors: crops are ``(N, 3, S, S)`` float32 RGB in ``[0, 1]`` before :func:`normalize`.
 """
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
-import json
 import logging
-import math
-import time
-from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import cv2
-import numpy as np
 import torch
 import torchvision
 from torch import nn
 from torch.nn import functional as F
-from torchvision.ops import box_iou
 from torchvision.transforms import v2
 from tqdm import tqdm
 
 from headseg.config import ClsConfig, ClsModelConfig, CropConfig, from_dict, to_dict
-from headseg.crops import crop_head
-from headseg.data import CocoHeads, annotation_mask
+from headseg.crop_sets import CropIndexDataset, check_crop_rules, crop_rules, read_class_names
+from headseg.engine import Checkpointer, default_device, load_checkpoint, seed_everything, train_one_epoch
 from headseg.evaluation import classification_metrics
-from headseg.io import atomic_write, read_image, write_json, write_text
-from headseg.training import (
-    MetricsLog,
-    NonFiniteLossError,
-    check_output_dir,
-    default_device,
-    load_checkpoint,
-    rng_state,
-    save_checkpoint,
-    seed_everything,
-    set_rng_state,
-)
 from headseg.weights import load_imagenet_state_dict, load_weights_file
 
 log = logging.getLogger(__name__)
@@ -64,9 +38,6 @@ log = logging.getLogger(__name__)
 # torchvision's ImageNet statistics; stored in every checkpoint so inference never guesses.
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
-INDEX_COLUMNS = ("crop", "label", "image_id", "ann_id", "source_image", "source")
-PRED_COLUMNS = ("score", "iou")
-BACKGROUND = "background"  # class of predicted heads that match no ground-truth head
 
 
 # ----------------------------------------------------------------------------- model
@@ -201,20 +172,75 @@ def train_mode(model: nn.Module) -> nn.Module:
 
 @dataclass(frozen=True)
 class ClsPreprocessing:
-    """Everything between a photo and the classifier's input, as the checkpoint recorded it."""
+    """Everything between a photo and the classifier's input: the checkpoint's one record of it.
 
-    input_size: int  # crop side S in pixels
+    Training writes it, and evaluation, crop-set checks and the pipeline read it, so none of
+    them can preprocess differently.
+    """
+
     mean: tuple[float, float, float]  # RGB, for crops in [0, 1]
     std: tuple[float, float, float]
-    crop: CropConfig  # padding, fill and fill value of crop_head
+    crop: CropConfig  # size, padding, fill and fill value of crop_head
+
+    @property
+    def input_size(self) -> int:
+        """Crop side ``S`` in pixels."""
+        return self.crop.size
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"mean": list(self.mean), "std": list(self.std), "crop": to_dict(self.crop)}
+
+    @classmethod
+    def from_checkpoint(cls, state: dict[str, Any]) -> "ClsPreprocessing":
+        # Checkpoints before the single record kept crop rules and statistics at the top level.
+        record = state.get("preprocessing", state)
+        return cls(tuple(record["mean"]), tuple(record["std"]), from_dict(CropConfig, record["crop"]))
 
 
 def classifier_checkpoint(model: nn.Module, cfg: ClsConfig, class_names: Sequence[str],
                           **extra: Any) -> dict[str, Any]:
-    """The dict saved to disk: weights plus everything needed to rebuild and preprocess."""
-    return {"kind": "headseg-classifier", "version": 1, "model": model.state_dict(),
-            "config": to_dict(cfg), "class_names": list(class_names), "input_size": cfg.crop.size,
-            "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "crop": to_dict(cfg.crop), **extra}
+    """The dict saved to disk: weights, config, class names and the preprocessing record.
+
+    The crop rules live in ``preprocessing`` alone; the stored config leaves its ``crop``
+    section out (:meth:`Classifier.load` puts it back).
+    """
+    prep = ClsPreprocessing(IMAGENET_MEAN, IMAGENET_STD, cfg.crop)
+    config = {k: v for k, v in to_dict(cfg).items() if k != "crop"}
+    return {"kind": "headseg-classifier", "version": 2, "model": model.state_dict(), "config": config,
+            "class_names": list(class_names), "preprocessing": prep.to_dict(), **extra}
+
+
+@dataclass(frozen=True, eq=False)
+class Classifier:
+    """A trained attire classifier as its checkpoint describes it.
+
+    Attributes:
+        model: The classifier in eval mode; ``(N, 3, S, S)`` normalised crops -> ``(N, K)`` logits.
+        config: Its training config (``crop`` = the preprocessing's crop rules).
+        class_names: The ``K`` attire labels, in output order.
+        preprocessing: Mean/std and crop rules of its input.
+    """
+
+    model: nn.Module
+    config: ClsConfig
+    class_names: list[str]
+    preprocessing: ClsPreprocessing
+
+    @classmethod
+    def load(cls, path: str | Path | dict[str, Any], device: str | torch.device = "cpu") -> "Classifier":
+        """Rebuild a trained classifier from its checkpoint alone (``weights_only=True``).
+
+        Args:
+            path: ``best.pt``/``last.pt`` from ``tools/train_cls.py``, or such a checkpoint already loaded.
+            device: Where to put the model.
+        """
+        state = _state(path)
+        prep = ClsPreprocessing.from_checkpoint(state)
+        cfg = from_dict(ClsConfig, {**state["config"], "crop": to_dict(prep.crop)})
+        # The checkpoint's weights replace any initialisation: never read ImageNet files here.
+        model = build_classifier(dataclasses.replace(cfg.model, weights="none"), len(state["class_names"]))
+        model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state["model"].items()})
+        return cls(model.eval().to(device), cfg, list(state["class_names"]), prep)
 
 
 def _state(checkpoint: str | Path | dict[str, Any]) -> dict[str, Any]:
@@ -227,29 +253,14 @@ def _state(checkpoint: str | Path | dict[str, Any]) -> dict[str, Any]:
 
 def load_classifier(path: str | Path | dict[str, Any], device: str | torch.device = "cpu"
                     ) -> tuple[nn.Module, ClsConfig, list[str]]:
-    """Rebuild a trained classifier from its checkpoint alone.
-
-    Args:
-        path: ``best.pt``/``last.pt`` from ``tools/train_cls.py``, or such a checkpoint already loaded.
-        device: Where to put the model.
-
-    Returns:
-        ``(model in eval mode, config, class names)``; see :func:`preprocessing_from_checkpoint`
-        for the input it expects.
-    """
-    state = _state(path)
-    cfg = from_dict(ClsConfig, state["config"])
-    # The checkpoint's weights replace any initialisation: never read ImageNet files here.
-    model = build_classifier(dataclasses.replace(cfg.model, weights="none"), len(state["class_names"]))
-    model.load_state_dict(state["model"])
-    return model.eval().to(device), cfg, list(state["class_names"])
+    """``(model in eval mode, config, class names)`` of :meth:`Classifier.load`."""
+    clf = Classifier.load(path, device)
+    return clf.model, clf.config, clf.class_names
 
 
 def preprocessing_from_checkpoint(path: str | Path | dict[str, Any]) -> ClsPreprocessing:
-    """The input size, mean/std and crop rules a classifier checkpoint was trained with."""
-    state = _state(path)
-    return ClsPreprocessing(int(state["input_size"]), tuple(state["mean"]), tuple(state["std"]),
-                            from_dict(CropConfig, state["crop"]))
+    """The mean/std and crop rules a classifier checkpoint was trained with."""
+    return ClsPreprocessing.from_checkpoint(_state(path))
 
 
 # ----------------------------------------------------------------------------- inference
@@ -301,159 +312,7 @@ def predict_probs(model: nn.Module, crops_normalized: torch.Tensor, batch_size: 
     return torch.cat(out) if out else torch.empty((0, _num_classes(model)))
 
 
-# ----------------------------------------------------------------------------- crop sets
-
-
-def _rgb_to_png(path: Path, crop: np.ndarray) -> None:
-    ok, png = cv2.imencode(".png", cv2.cvtColor(crop, cv2.COLOR_RGB2BGR))
-    if not ok:
-        raise OSError(f"OpenCV could not encode {path} as PNG")
-    path.write_bytes(png.tobytes())
-
-
-def _xyxy(box_xywh: Sequence[float]) -> list[float]:
-    x, y, w, h = box_xywh
-    return [x, y, x + w, y + h]
-
-
-def _predicted_heads(segmenter: nn.Module, image: np.ndarray, anns: list[dict[str, Any]],
-                     class_of: dict[int, str], score_thresh: float, iou_thresh: float,
-                     device: torch.device) -> list[dict[str, Any]]:
-    """Segmenter heads above ``score_thresh``, each labelled by its best-IoU ground-truth head."""
-    tensor = torch.from_numpy(image).permute(2, 0, 1).float().div(255).to(device)
-    with torch.inference_mode():
-        out = segmenter([tensor])[0]
-    keep = out["scores"] >= score_thresh
-    boxes, scores = out["boxes"][keep].cpu(), out["scores"][keep].cpu()
-    masks = (out["masks"][keep, 0] > 0.5).cpu().numpy()
-    gt = torch.tensor([_xyxy(a["bbox"]) for a in anns], dtype=torch.float32).reshape(-1, 4)
-    ious = box_iou(boxes, gt) if len(gt) and len(boxes) else torch.zeros((len(boxes), len(gt)))
-    heads = []
-    for i in range(len(boxes)):
-        best = int(ious[i].argmax()) if len(gt) else -1
-        iou = float(ious[i, best]) if best >= 0 else 0.0
-        # Several predictions may match one head: each is still a crop of that head's attire.
-        matched = best >= 0 and iou >= iou_thresh
-        heads.append({"box": boxes[i].tolist(), "mask": masks[i], "score": float(scores[i]), "iou": iou,
-                      "ann_id": anns[best]["id"] if matched else "",
-                      "label": class_of[anns[best]["category_id"]] if matched else BACKGROUND})
-    return heads
-
-
-def make_crop_set(coco: CocoHeads, out_dir: str | Path, crop: CropConfig, segmenter: nn.Module | None = None,
-                  score_thresh: float = 0.5, iou_thresh: float = 0.5, background: bool = False,
-                  device: str | torch.device = "cpu", progress: bool = True) -> Path:
-    """Cut one crop per head and write ``out_dir/crops/*.png``, ``index.csv``, ``classes.txt``, ``crops.json``.
-
-    Args:
-        coco: Ground truth. Box-only annotations get derived masks (``coco.derived_masks`` shape,
-            else an inscribed ellipse) and ``crops.json`` records ``derived_masks``.
-        out_dir: Output folder.
-        crop: Crop rules (size, padding, fill, fill_value), as in the classifier config.
-        segmenter: None for ground-truth crops (every non-crowd annotation); else a Mask R-CNN
-            in eval mode whose predicted heads (box and mask > 0.5) are cut instead.
-        score_thresh: Predictions scoring below are ignored.
-        iou_thresh: A prediction takes the category of its highest box-IoU ground-truth head
-            when that IoU reaches this value.
-        background: Keep unmatched predictions as class ``background``; otherwise drop them.
-        device: Where the segmenter runs.
-        progress: Show a tqdm bar.
-
-    Returns:
-        Path of ``index.csv``; ``crop`` paths in it are relative to its folder.
-    """
-    out_dir = check_output_dir(out_dir)
-    (out_dir / "crops").mkdir(exist_ok=True)
-    class_of = dict(coco.categories)
-    derived = coco.derived_masks or "ellipse"
-    pred = segmenter is not None
-    rows: list[dict[str, Any]] = []
-    skipped: Counter[str] = Counter()
-    for image_id in tqdm(coco.image_ids, desc="crops", disable=not progress):
-        anns = [a for a in coco.annotations[image_id] if not a.get("iscrowd", 0)]
-        if not anns and not (pred and background):
-            continue
-        image = read_image(coco.image_path(image_id))
-        h, w = image.shape[:2]
-        if pred:
-            heads = _predicted_heads(segmenter, image, anns, class_of, score_thresh, iou_thresh,
-                                     torch.device(device))
-        else:
-            heads = [{"box": _xyxy(a["bbox"]),
-                      "mask": annotation_mask(a, h, w, derived), "ann_id": a["id"],
-                      "label": class_of[a["category_id"]]} for a in anns]
-        for k, head in enumerate(heads):
-            if head["label"] == BACKGROUND and not background:
-                skipped["unmatched"] += 1
-                continue
-            if crop.fill != "none" and not head["mask"].any():
-                skipped["empty mask"] += 1  # nothing to cut: the segmenter found no head pixel
-                continue
-            name = f"crops/{image_id}_{'p' if pred else 'a'}{k if pred else head['ann_id']}.png"
-            _rgb_to_png(out_dir / name, crop_head(image, head["mask"], head["box"], crop.size, crop.padding,
-                                                  crop.fill, crop.fill_value))
-            row = {"crop": name, "label": head["label"], "image_id": image_id, "ann_id": head["ann_id"],
-                   "source_image": coco.images[image_id]["file_name"], "source": "pred" if pred else "gt"}
-            if pred:
-                row.update(score=round(head["score"], 4), iou=round(head["iou"], 4))
-            rows.append(row)
-    if skipped:
-        log.info("skipped predicted heads: %s", dict(skipped))
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=INDEX_COLUMNS + (PRED_COLUMNS if pred else ()), lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    names = coco.class_names + ([BACKGROUND] if pred and background else [])
-    write_text(out_dir / "classes.txt", "\n".join(names) + "\n")
-    write_json(out_dir / "crops.json", {"coco": str(coco.path), "source": "pred" if pred else "gt",
-                                        "crop": to_dict(crop), "derived_masks": coco.derived_masks,
-                                        "score_thresh": score_thresh if pred else None,
-                                        "iou_thresh": iou_thresh if pred else None, "num_crops": len(rows),
-                                        "labels": dict(Counter(r["label"] for r in rows))})
-    return write_text(out_dir / "index.csv", buf.getvalue())
-
-
-def read_class_names(index_csv: str | Path) -> list[str]:
-    """Class names of a crop set: ``classes.txt`` beside the index, else the sorted labels in it."""
-    index_csv = Path(index_csv)
-    classes = index_csv.parent / "classes.txt"
-    if classes.is_file():
-        return [line.strip() for line in classes.read_text().splitlines() if line.strip()]
-    return sorted({r["label"] for r in _read_index(index_csv)})
-
-
-def check_crop_rules(index_csv: str | Path, crop: CropConfig) -> None:
-    """Refuse crops cut with other rules than ``crop`` (the rules a checkpoint will record).
-
-    Raises:
-        ValueError: ``crops.json`` beside the index names different size/padding/fill/fill_value.
-    """
-    meta_path = Path(index_csv).parent / "crops.json"
-    if not meta_path.is_file():
-        log.warning("%s has no crops.json; cannot check that its crops follow %s", index_csv, crop)
-        return
-    cut = json.loads(meta_path.read_text())["crop"]
-    want = to_dict(crop)
-    diff = {k: (cut.get(k), v) for k, v in want.items() if cut.get(k) != v}
-    if diff:
-        sets = " ".join(f"crop.{k}={v[0]}" for k, v in diff.items())
-        raise ValueError(f"crops of {index_csv} were cut with {cut}, but the classifier expects {want} "
-                         f"(differing: {diff}); pass --set {sets}, or remake the crops with these rules")
-
-
-def _read_index(index_csv: Path) -> list[dict[str, str]]:
-    if not index_csv.is_file():
-        raise FileNotFoundError(f"crop index {index_csv} does not exist; write it with tools/make_crops.py")
-    with index_csv.open(newline="") as f:
-        reader = csv.DictReader(f)
-        missing = [c for c in ("crop", "label") if c not in (reader.fieldnames or [])]
-        if missing:
-            raise ValueError(f"{index_csv} lacks columns {missing} (has {reader.fieldnames}); expected the "
-                             f"index written by tools/make_crops.py with columns {INDEX_COLUMNS}")
-        return list(reader)
-
-
-# ----------------------------------------------------------------------------- dataset
+# ----------------------------------------------------------------------------- data
 
 
 def crop_transforms(crop: CropConfig, augment: bool) -> v2.Compose:
@@ -472,53 +331,6 @@ def crop_transforms(crop: CropConfig, augment: bool) -> v2.Compose:
     if augment:
         ops.append(v2.RandomErasing(p=0.25, scale=(0.02, 0.12), value=grey / 255.0))
     return v2.Compose(ops)
-
-
-class CropIndexDataset(torch.utils.data.Dataset):
-    """Crops listed in an ``index.csv`` as ``(crop, label)`` pairs.
-
-    Each item is a float32 ``(3, S, S)`` RGB tensor in ``[0, 1]`` (``transform`` gets the uint8
-    tensor; its output is scaled to [0, 1] if still uint8) and the label's index in ``class_names``.
-    """
-
-    def __init__(self, index_csv: str | Path, class_names: Sequence[str], transform: Any = None) -> None:
-        self.index_csv = Path(index_csv)
-        self.root = self.index_csv.parent
-        self.rows = _read_index(self.index_csv)
-        self.class_names = list(class_names)
-        lookup = {n: i for i, n in enumerate(self.class_names)}
-        unknown = sorted({r["label"] for r in self.rows} - set(lookup))
-        if unknown:
-            raise ValueError(f"{self.index_csv} has labels {unknown} that are not among the classes "
-                             f"{self.class_names}; use crops of the same data set, or drop those rows")
-        self.labels = [lookup[r["label"]] for r in self.rows]
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def path(self, i: int) -> Path:
-        return self.root / self.rows[i]["crop"]
-
-    def image(self, i: int) -> np.ndarray:
-        """Crop ``i`` as ``(S, S, 3)`` uint8 RGB."""
-        bgr = cv2.imread(str(self.path(i)), cv2.IMREAD_COLOR)
-        if bgr is None:
-            raise FileNotFoundError(f"crop {self.path(i)} (row {i + 2} of {self.index_csv}) is missing or "
-                                    "not an image; remake the crop set with tools/make_crops.py")
-        return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        x = torch.from_numpy(self.image(i)).permute(2, 0, 1).contiguous()
-        if self.transform is not None:
-            x = self.transform(x)
-        if x.dtype == torch.uint8:
-            x = x.float() / 255.0
-        return x, self.labels[i]
-
-    def class_counts(self) -> list[int]:
-        counts = Counter(self.labels)
-        return [counts.get(i, 0) for i in range(len(self.class_names))]
 
 
 @dataclass(frozen=True)
@@ -542,43 +354,6 @@ def predict_index(model: nn.Module, index_csv: str | Path, class_names: Sequence
     return IndexPredictions([dataset.path(i) for i in range(len(dataset))],
                             torch.tensor(dataset.labels, dtype=torch.int64),
                             torch.cat(probs) if probs else torch.empty((0, len(class_names))))
-
-
-def plot_worst_mistakes(images: Sequence[np.ndarray] | Callable[[int], np.ndarray],
-                        labels: Sequence[int] | torch.Tensor, probs: torch.Tensor,
-                        class_names: Sequence[str], path: str | Path, max_images: int = 24) -> Path:
-    """A PNG grid of the most confident wrong predictions, titled true / predicted (probability).
-
-    Args:
-        images: ``N`` crops, ``(S, S, 3)`` uint8 RGB, or a function of the crop's index that reads
-            one (only the crops shown are read), e.g. :meth:`CropIndexDataset.image`.
-        labels: ``(N,)`` true class indices.
-        probs: ``(N, K)`` probabilities.
-        class_names: ``K`` names.
-        path: Output PNG, written atomically.
-        max_images: Most mistakes shown, highest predicted probability first.
-    """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: PLC0415 (slow import)
-    from matplotlib.figure import Figure  # noqa: PLC0415
-
-    labels = torch.as_tensor(labels).reshape(-1)
-    conf, pred = probs.max(dim=1) if len(probs) else (torch.empty(0), torch.empty(0, dtype=torch.int64))
-    wrong = (pred != labels).nonzero().flatten()
-    order = wrong[conf[wrong].argsort(descending=True)][:max_images].tolist()
-    cols = max(1, min(6, len(order)))
-    rows = max(1, math.ceil(len(order) / cols))
-    fig = Figure(figsize=(2.2 * cols, 2.5 * rows))
-    FigureCanvasAgg(fig)
-    if not order:
-        fig.text(0.5, 0.5, "no mistakes", ha="center", va="center")
-    for k, i in enumerate(order):
-        ax = fig.add_subplot(rows, cols, k + 1)
-        ax.imshow(images(i) if callable(images) else images[i])
-        ax.set_title(f"true: {class_names[int(labels[i])]}\npred: {class_names[int(pred[i])]} "
-                     f"({float(conf[i]):.2f})", fontsize=8)
-        ax.axis("off")
-    fig.tight_layout()
-    return atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
 
 
 # ----------------------------------------------------------------------------- training
@@ -647,6 +422,22 @@ def _validate(model: nn.Module, dataset: CropIndexDataset, cfg: ClsConfig, devic
             **{f"val/{k}": v for k, v in metrics.items()}}
 
 
+def _crop_rules_of_training(cfg: ClsConfig) -> CropConfig:
+    """The crop rules training records: the crop set's own (``crops.json``), else the config's.
+
+    Raises:
+        ValueError: the config names crop rules (differing from the defaults) that the crop set
+            was not cut with.
+    """
+    cut = crop_rules(cfg.data.train_index)
+    if cut is None:
+        log.warning("%s has no crops.json; assuming its crops follow %s", cfg.data.train_index, cfg.crop)
+        return cfg.crop
+    if cfg.crop != CropConfig() and cfg.crop != cut:
+        check_crop_rules(cfg.data.train_index, cfg.crop)  # raises, naming the difference
+    return cut
+
+
 def train_classifier(cfg: ClsConfig, out_dir: str | Path, resume: bool = False,
                      device: str | torch.device | None = None, progress: bool = True) -> dict[str, Any]:
     """Fine-tune an attire classifier on a crop index; the loop behind ``tools/train_cls.py``.
@@ -656,9 +447,11 @@ def train_classifier(cfg: ClsConfig, out_dir: str | Path, resume: bool = False,
     ``lr * unfrozen_lr_factor``. Class imbalance is met by a ``WeightedRandomSampler``
     (``data.balance=sampler``) or class weights in the loss (``loss``). Val macro-F1 picks
     ``best.pt`` (val loss breaks ties); training stops once ``train.patience`` epochs pass without a
-    better one (never during the frozen phase). Writes ``last.pt`` every epoch (atomically, with
-    optimizer, phase and RNG state, so ``resume=True`` continues), ``best.pt``, ``metrics.csv``,
-    ``curves.png`` and ``config.yaml`` to ``out_dir``. Without ``data.val_index`` the lowest training loss picks.
+    better one (never during the frozen phase). Without ``data.val_index`` the lowest training
+    loss picks. The crop rules are the train crop set's own (its ``crops.json``); the val set
+    must have been cut alike. Writes ``last.pt`` every epoch (atomically, with optimizer, phase
+    and RNG state, so ``resume=True`` continues), ``best.pt``, ``metrics.csv``, ``curves.png``
+    and ``config.yaml`` to ``out_dir`` (:class:`headseg.engine.Checkpointer`).
 
     Returns:
         ``{"best": best val macro-F1, "best_epoch", "epochs": epochs run in total,
@@ -666,17 +459,15 @@ def train_classifier(cfg: ClsConfig, out_dir: str | Path, resume: bool = False,
 
     Raises:
         NonFiniteLossError: the loss became NaN/inf; the message names epoch and step.
-        ValueError: bad config, unknown labels, or crops cut with other rules than ``cfg.crop``.
+        ValueError: bad config, unknown labels, or crop sets cut with other rules.
     """
-    import yaml  # noqa: PLC0415
-
     _check_train_config(cfg)
-    out_dir = check_output_dir(out_dir)
+    cfg = dataclasses.replace(cfg, crop=_crop_rules_of_training(cfg))
+    checkpointer = Checkpointer(out_dir, "classifier", ("val/macro_f1", "val/accuracy", "val/balanced_accuracy"))
     device = torch.device(device) if device else default_device()
     t = cfg.train
     seed_everything(t.seed)
     class_names = read_class_names(cfg.data.train_index)
-    check_crop_rules(cfg.data.train_index, cfg.crop)
     train_set = CropIndexDataset(cfg.data.train_index, class_names, crop_transforms(cfg.crop, t.augment))
     if len(train_set) == 0:
         raise ValueError(f"{cfg.data.train_index} lists no crops; nothing to train on")
@@ -693,28 +484,23 @@ def train_classifier(cfg: ClsConfig, out_dir: str | Path, resume: bool = False,
     if t.max_iters:
         steps_per_epoch = min(steps_per_epoch, t.max_iters)
 
-    last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
-    start_epoch, best, best_loss, best_epoch, bad_epochs, stopped = 0, -math.inf, math.inf, -1, 0, False
-    state: dict[str, Any] | None = None
-    metrics_log = MetricsLog(out_dir, ("val/macro_f1", "val/accuracy", "val/balanced_accuracy"))
-    if resume and last_path.is_file():
-        state = load_checkpoint(last_path, "classifier")
+    bad_epochs, stopped = 0, False
+    state = checkpointer.resume(resume)
+    if state is not None:
         if state["class_names"] != class_names:
-            raise ValueError(f"{last_path} was trained on classes {state['class_names']}, the index has "
-                             f"{class_names}; resume with the same crop set or choose a new --out")
+            raise ValueError(f"{checkpointer.last_path} was trained on classes {state['class_names']}, the "
+                             f"index has {class_names}; resume with the same crop set or choose a new --out")
         model.load_state_dict(state["model"])
-        start_epoch, best, best_epoch = state["epoch"] + 1, state["best"], state["best_epoch"]
-        best_loss = state["best_loss"]
         bad_epochs, stopped = state["bad_epochs"], state["stopped_early"]
-        set_rng_state(state["rng"])
-        log.info("resumed from %s at epoch %d", last_path, start_epoch + 1)
-    elif resume:
-        log.warning("--resume: no %s yet, starting from scratch", last_path)
-    metrics_log.truncate(start_epoch)  # a fresh run in an old folder starts a fresh log
-    (out_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    checkpointer.write_config(to_dict(cfg))
 
-    phase, optimizer, last_metrics, epoch = None, None, {}, start_epoch - 1
-    for epoch in range(start_epoch, start_epoch if stopped else t.epochs):
+    def compute_losses(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[dict[str, torch.Tensor], int]:
+        x, y = batch
+        return {"loss": criterion(model(normalize(x.to(device))), y.to(device))}, len(y)
+
+    start = checkpointer.start_epoch
+    phase, optimizer, last_metrics, epoch = None, None, {}, start - 1
+    for epoch in range(start, start if stopped else t.epochs):
         want = "frozen" if epoch < t.frozen_epochs else "full"
         if want != phase:
             phase, optimizer = want, _make_optimizer(model, cfg, want)
@@ -724,51 +510,27 @@ def train_classifier(cfg: ClsConfig, out_dir: str | Path, resume: bool = False,
         state = None
         torch.manual_seed(t.seed * 1000 + epoch)  # dropout and main-process augmentation
         train_mode(model)
-        loss_sum, steps, seen, t0 = 0.0, 0, 0, time.time()
-        bar = tqdm(_loader(train_set, cfg, epoch, train=True), total=steps_per_epoch,
-                   desc=f"epoch {epoch + 1}/{t.epochs} ({phase})", disable=not progress)
-        for step, (x, y) in enumerate(bar):
-            if step >= steps_per_epoch:
-                break
-            loss = criterion(model(normalize(x.to(device))), y.to(device))
-            if not torch.isfinite(loss):
-                raise NonFiniteLossError(
-                    f"loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}; the last good checkpoint "
-                    f"is {last_path if last_path.is_file() else 'none yet'}. Lower train.lr")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            loss_sum, steps, seen = loss_sum + loss.item(), steps + 1, seen + len(y)
-            bar.set_postfix(loss=f"{loss.item():.3f}")
-        bar.close()
-        seconds = time.time() - t0
+        stats = train_one_epoch(model, _loader(train_set, cfg, epoch, train=True), optimizer, compute_losses,
+                                epoch=epoch, epochs=t.epochs, steps=steps_per_epoch,
+                                last_good=checkpointer.last_path, hint="Lower train.lr",
+                                desc=f"epoch {epoch + 1}/{t.epochs} ({phase})", log_every=1, progress=progress)
         row = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"], "frozen": float(phase == "frozen"),
-               "epoch_seconds": seconds, "crops_per_second": seen / max(seconds, 1e-9),
-               "loss": loss_sum / max(steps, 1)}
+               "epoch_seconds": stats["seconds"],
+               "crops_per_second": stats["samples"] / max(stats["seconds"], 1e-9), "loss": stats["loss"]}
         if val_set is not None:
             last_metrics = _validate(model, val_set, cfg, device, progress)
             row.update(last_metrics)
         # Macro-F1 saturates on small val sets (hardhat: 77 crops); the val loss breaks ties.
-        score = last_metrics.get("val/macro_f1", -row["loss"])
-        tie_loss = last_metrics.get("loss/val", row["loss"])
-        improved = score > best or (score == best and tie_loss < best_loss)
-        if improved:
-            best, best_loss, best_epoch, bad_epochs = score, tie_loss, epoch, 0
-        else:
-            bad_epochs += 1
+        score, tie = last_metrics.get("val/macro_f1", -row["loss"]), last_metrics.get("loss/val", row["loss"])
+        bad_epochs = 0 if checkpointer.is_improvement(score, tie) else bad_epochs + 1
         stopped = bad_epochs >= t.patience and phase == "full" and epoch + 1 < t.epochs
-        ckpt = classifier_checkpoint(model, cfg, class_names, epoch=epoch, best=best, best_loss=best_loss,
-                                     best_epoch=best_epoch, metrics=last_metrics, phase=phase,
-                                     bad_epochs=bad_epochs, stopped_early=stopped,
-                                     optimizer=optimizer.state_dict(), rng=rng_state())
-        if improved:
-            save_checkpoint(best_path, {k: v for k, v in ckpt.items() if k not in ("optimizer", "rng")})
-        save_checkpoint(last_path, ckpt)
-        metrics_log.append(row)
-        log.info("epoch %d: %s", epoch + 1, {k: round(v, 4) for k, v in row.items() if k.count("/") <= 1})
+        checkpointer.end_epoch(epoch, classifier_checkpoint(
+            model, cfg, class_names, metrics=last_metrics, phase=phase, bad_epochs=bad_epochs,
+            stopped_early=stopped, optimizer=optimizer.state_dict()), score, row, tie)
         if stopped:
             log.info("early stop after epoch %d: no better val macro-F1 for %d epochs (best %.4f at epoch %d)",
-                     epoch + 1, bad_epochs, best, best_epoch + 1)
+                     epoch + 1, bad_epochs, checkpointer.best, checkpointer.best_epoch + 1)
             break
-    return {"best": best, "best_epoch": best_epoch, "epochs": epoch + 1, "stopped_early": stopped,
-            "out_dir": out_dir, "last": last_metrics, "class_names": class_names}
+    return {"best": checkpointer.best, "best_epoch": checkpointer.best_epoch, "epochs": epoch + 1,
+            "stopped_early": stopped, "out_dir": checkpointer.out_dir, "last": last_metrics,
+            "class_names": class_names}

@@ -10,8 +10,8 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import typing
-from dataclasses import dataclass, field
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -53,8 +53,9 @@ class SegModelConfig:
     box_detections_per_img: int = 100  # crowded scenes have dozens of heads
     box_score_thresh: float = 0.05  # low, so COCO AP sees the whole precision/recall curve
     box_from_mask: bool = True  # report the mask's tight box: +0.11 AP50 on hardhat val (RESULTS.md)
-    # RoIs sampled per image for the box and mask losses (torchvision: 512). Heads per image are
-    # few, so 128 keeps every positive and costs a third of the RoI-head time in training.
+    # RoIs sampled per image for the box and mask losses; torchvision's 512, used for every run
+    # in docs/RESULTS.md. With few heads per photo 128 keeps every positive for a third of the
+    # RoI-head time in training (configs/seg_hhw.yaml, docs/PERFORMANCE.md).
     box_batch_size_per_image: int = 512
 
 
@@ -94,9 +95,11 @@ class SegConfig:
 @dataclass(frozen=True)
 class CropConfig:
     padding: float = 0.15  # context around the box, as a fraction of its size on each side
-    fill: str = "constant"  # outside the mask: `constant`, `blur`, or `none` (plain box crop)
+    # outside the mask: `constant`, `blur`, or `none` (plain box crop); the masked crop was ahead
+    # of box crops on hardhat test and level on facemask (docs/RESULTS.md)
+    fill: str = "constant"
     fill_value: int = 114  # grey; far from skin and hat colours alike
-    size: int = 128  # classifier input side; heads are small, 128 keeps the detail
+    size: int = 96  # classifier input side; 128 cost 1.8x the CPU time, no better on hardhat val
 
 
 @dataclass(frozen=True)
@@ -117,14 +120,14 @@ class ClsModelConfig:
 
 @dataclass(frozen=True)
 class ClsTrainConfig:
-    frozen_epochs: int = 3  # fit the new head on a frozen backbone first
-    epochs: int = 12  # total, frozen phase included
-    lr: float = 1e-4  # Adam, the usual transfer-learning rate
-    unfrozen_lr_factor: float = 0.1  # whole network at lr * this after the frozen phase
+    frozen_epochs: int = 2  # the new head alone first, so it does not wreck the ImageNet features
+    epochs: int = 12  # total, frozen phase included; val macro-F1 peaks at epochs 10-11
+    lr: float = 1e-3  # Adam, head phase; a fresh head needs more than 2 short epochs at 1e-4
+    unfrozen_lr_factor: float = 0.1  # whole network at 1e-4 after; 3e-4 was worse on facemask val
     weight_decay: float = 1e-4
     label_smoothing: float = 0.05  # labels are noisy (see data README)
     patience: int = 4  # epochs without a better val macro-F1 before stopping
-    batch_size: int = 64
+    batch_size: int = 32  # 430 hardhat crops give 14 steps an epoch (7 at batch 64)
     augment: bool = True  # flip, affine (shift/scale/rotate/shear), colour jitter, erasing
     seed: int = 0
     max_iters: int = 0  # steps per epoch cap (0: whole epoch); for smoke runs
@@ -198,29 +201,35 @@ def from_dict(cls: type[T], values: dict[str, Any], prefix: str = "") -> T:
     return cls(**kwargs)
 
 
+def parse_override(item: str) -> tuple[str, Any]:
+    """``"train.lr=0.01"`` -> ``("train.lr", 0.01)``: the one parser of ``--set`` items.
+
+    The value is read as YAML (numbers, booleans, lists); an empty value is the empty string.
+
+    Raises:
+        ValueError: ``item`` is not ``key=value``.
+    """
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise ValueError(f"override {item!r} is not of the form key=value, e.g. train.lr=0.01")
+    return key.strip(), yaml.safe_load(raw) if raw.strip() else ""
+
+
 def parse_overrides(items: Sequence[str], prefix: str = "model.") -> dict[str, Any]:
     """``["min_size=640", "model.box_from_mask=false"]`` -> ``{"min_size": 640, "box_from_mask": False}``.
 
-    Values are parsed as YAML; a leading ``prefix`` is dropped from keys. Unknown keys are left
-    for the config class to reject (with close-match suggestions).
+    For the fields of one section (the segmenter's inference settings): a leading ``prefix`` is
+    dropped from keys. Unknown keys are left for the config class to reject (with close-match
+    suggestions).
     """
-    parsed = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
-            raise ValueError(f"override {item!r} is not of the form key=value, e.g. min_size=640")
-        parsed[key.strip().removeprefix(prefix)] = yaml.safe_load(raw) if raw.strip() else ""
-    return parsed
+    return {key.removeprefix(prefix): value for key, value in map(parse_override, items)}
 
 
-def apply_overrides(config: T, overrides: list[str]) -> T:
+def apply_overrides(config: T, overrides: Sequence[str]) -> T:
     """Return ``config`` with ``section.key=value`` overrides applied (values parsed as YAML)."""
     for item in overrides:
-        if "=" not in item:
-            raise ValueError(f"override {item!r} is not of the form key=value, e.g. train.lr=0.01")
-        dotted, raw = item.split("=", 1)
-        value = yaml.safe_load(raw) if raw.strip() else ""
-        config = _replace_path(config, dotted.strip().split("."), value, dotted)
+        dotted, value = parse_override(item)
+        config = _replace_path(config, dotted.split("."), value, dotted)
     return config
 
 
@@ -237,8 +246,48 @@ def _replace_path(node: Any, path: list[str], value: Any, dotted: str) -> Any:
     return dataclasses.replace(node, **{head: _replace_path(child, path[1:], value, dotted)})
 
 
-def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] = ()) -> T:
-    """Load a config of type ``cls`` from a YAML file (optional) plus overrides.
+BASE_KEY = "_base_"
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """``update`` over ``base``, section by section (a section in both is merged, not replaced)."""
+    out = dict(base)
+    for key, value in update.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def read_config_file(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """The values of a YAML config file, over those of the file its ``_base_`` key names.
+
+    ``_base_`` is a path relative to the file's folder; bases may have bases of their own.
+
+    Raises:
+        FileNotFoundError: the file (or a base) does not exist.
+        ValueError: not a YAML mapping, or a cycle of bases.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {path} does not exist; see configs/ for examples")
+    if path.resolve() in _seen:
+        raise ValueError(f"config file {path} names itself as a base, through {[str(p) for p in _seen]}")
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ValueError(f"config file {path} is not valid YAML: {e}") from None
+    if not isinstance(values, dict):
+        raise ValueError(f"config file {path} must hold a mapping of sections, got {values!r}")
+    base = values.pop(BASE_KEY, None)
+    if base is None:
+        return values
+    return _merge(read_config_file(path.parent / str(base), (*_seen, path.resolve())), values)
+
+
+def load_config(cls: type[T], path: str | Path | None = None, overrides: Sequence[str] = ()) -> T:
+    """Load a config of type ``cls``: the dataclass defaults, a YAML file's values, then overrides.
+
+    The dataclass defaults are the recipe; a file holds only what differs from them and may
+    start from another file (``_base_: cls_default.yaml``).
 
     Args:
         cls: The config dataclass, e.g. :class:`SegConfig`.
@@ -249,25 +298,15 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
         The frozen config.
 
     Raises:
-        FileNotFoundError: ``path`` does not exist.
+        FileNotFoundError: ``path`` (or its base) does not exist.
         ValueError: the file is not a YAML mapping, a key is unknown or a value has the wrong type.
     """
-    values: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"config file {path} does not exist; see configs/ for examples")
-        try:
-            values = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ValueError(f"config file {path} is not valid YAML: {e}") from None
-        if not isinstance(values, dict):
-            raise ValueError(f"config file {path} must hold a mapping of sections, got {values!r}")
+    values = read_config_file(path) if path is not None else {}
     try:
         config = from_dict(cls, values)
     except ValueError as e:
         raise ValueError(f"{path}: {e}" if path else str(e)) from None
-    return apply_overrides(config, list(overrides))
+    return apply_overrides(config, overrides)
 
 
 def to_dict(config: Any) -> dict[str, Any]:

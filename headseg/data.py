@@ -95,18 +95,20 @@ class CocoHeads:
     def image_path(self, image_id: int) -> Path:
         return self.image_root / self.images[image_id]["file_name"]
 
-    def to_coco(self):
-        """A ``pycocotools.coco.COCO`` over the same dict, built without printing."""
-        import contextlib  # noqa: PLC0415
-        import io  # noqa: PLC0415
 
-        from pycocotools.coco import COCO  # noqa: PLC0415
+def derived_masks_of(data: dict[str, Any]) -> str | None:
+    """How a COCO dict's masks were derived from boxes (``"ellipse"``, ``"box"``), or None if drawn.
 
-        coco = COCO()
-        coco.dataset = self.dataset
-        with contextlib.redirect_stdout(io.StringIO()):
-            coco.createIndex()
-        return coco
+    ``info.derived_masks`` says so for the whole file (headseg's converters write it); else an
+    annotation's own ``derived_mask`` key (not None/False) does.
+    """
+    info = data.get("info") or {}
+    if isinstance(info, dict) and info.get("derived_masks"):
+        return str(info["derived_masks"])
+    for ann in data.get("annotations") or []:
+        if isinstance(ann, dict) and ann.get("derived_mask") not in (None, False):
+            return ann["derived_mask"] if isinstance(ann["derived_mask"], str) else "ellipse"
+    return None
 
 
 def read_json(path: Path) -> dict[str, Any]:
@@ -276,10 +278,7 @@ def load_coco(path: str | Path, image_root: str | Path | None = None, check_file
         annotations[ann["image_id"]].append(ann)
         kept.append(ann)
     dataset = {**data, "images": list(images.values()), "annotations": kept}
-    derived = (data.get("info") or {}).get("derived_masks")
-    if derived is None and any("derived_mask" in a for a in kept):
-        derived = kept[[("derived_mask" in a) for a in kept].index(True)]["derived_mask"]
-    return CocoHeads(path, root, dataset, images, annotations, categories, derived)
+    return CocoHeads(path, root, dataset, images, annotations, categories, derived_masks_of(dataset))
 
 
 def annotation_mask(ann: dict[str, Any], height: int, width: int,

@@ -21,7 +21,8 @@ import difflib
 import io
 import json
 import logging
-from collections.abc import Mapping, Sequence
+import math
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +31,7 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from headseg.data import derived_masks_of
 from headseg.io import atomic_write, write_text
 
 if TYPE_CHECKING:
@@ -225,22 +227,6 @@ def _make_coco(data: dict[str, Any]) -> COCO:
     return coco
 
 
-def has_derived_masks(gt: COCO | str | Path | Mapping[str, Any]) -> bool:
-    """Whether the ground-truth masks were derived from boxes rather than drawn.
-
-    True when ``info.derived_masks`` is a non-empty string (e.g. ``"ellipse"``) or any
-    annotation carries a ``derived_mask`` key (not ``None``/``False``).
-    """
-    return _derived(gt.dataset if isinstance(gt, COCO) else _load_gt_dataset(gt))
-
-
-def _derived(data: Mapping[str, Any]) -> bool:
-    info = data.get("info") or {}
-    if isinstance(info, Mapping) and info.get("derived_masks"):
-        return True
-    return any(a.get("derived_mask") not in (None, False) for a in data.get("annotations", []) if "derived_mask" in a)
-
-
 # ----------------------------------------------------------------------------- results
 
 
@@ -363,7 +349,7 @@ def coco_evaluate(
         truth), and with ``per_category`` ``"{iou}/AP/{name}"`` and ``"{iou}/AP50/{name}"``
         (mean precision at area ``all`` and the last ``maxDets``; -1.0 for a category without
         ground truth). ``"segm/derived_masks": 1.0`` is added, with a logged warning, when
-        the ground-truth masks were derived from boxes (see :func:`has_derived_masks`).
+        the ground-truth masks were derived from boxes (see :func:`headseg.data.derived_masks_of`).
 
     Raises:
         FileNotFoundError: ``gt`` is a path that does not exist.
@@ -378,7 +364,7 @@ def coco_evaluate(
     if int(max_dets) < 10:
         raise ValueError(f"max_dets must be at least 10 (COCO also reports AR1 and AR10); received {max_dets}")
     raw = _load_gt_dataset(gt)
-    derived = _derived(raw)
+    derived = derived_masks_of(raw) is not None
     data = _prepare_gt(raw, iou_types, class_agnostic)
     coco_gt = _make_coco(data)
     _check_results(results, coco_gt.imgs, set(coco_gt.cats), class_agnostic)
@@ -702,3 +688,41 @@ def write_confusion_csv(cm: np.ndarray, class_names: Sequence[str], path: str | 
     for name, row in zip(class_names, counts):
         writer.writerow([name, *(int(v) for v in row)])
     return write_text(path, buf.getvalue())
+
+
+def plot_worst_mistakes(images: Sequence[np.ndarray] | Callable[[int], np.ndarray],
+                        labels: Sequence[int] | torch.Tensor, probs: torch.Tensor,
+                        class_names: Sequence[str], path: str | Path, max_images: int = 24) -> Path:
+    """A PNG grid of the most confident wrong predictions, titled true / predicted (probability).
+
+    Args:
+        images: ``N`` crops, ``(S, S, 3)`` uint8 RGB, or a function of the crop's index that reads
+            one (only the crops shown are read), e.g. :meth:`CropIndexDataset.image`.
+        labels: ``(N,)`` true class indices.
+        probs: ``(N, K)`` probabilities.
+        class_names: ``K`` names.
+        path: Output PNG, written atomically.
+        max_images: Most mistakes shown, highest predicted probability first.
+    """
+    import torch  # noqa: PLC0415 (the rest of this module needs numpy only)
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: PLC0415 (slow import)
+    from matplotlib.figure import Figure  # noqa: PLC0415
+
+    labels = torch.as_tensor(labels).reshape(-1)
+    conf, pred = probs.max(dim=1) if len(probs) else (torch.empty(0), torch.empty(0, dtype=torch.int64))
+    wrong = (pred != labels).nonzero().flatten()
+    order = wrong[conf[wrong].argsort(descending=True)][:max_images].tolist()
+    cols = max(1, min(6, len(order)))
+    rows = max(1, math.ceil(len(order) / cols))
+    fig = Figure(figsize=(2.2 * cols, 2.5 * rows))
+    FigureCanvasAgg(fig)
+    if not order:
+        fig.text(0.5, 0.5, "no mistakes", ha="center", va="center")
+    for k, i in enumerate(order):
+        ax = fig.add_subplot(rows, cols, k + 1)
+        ax.imshow(images(i) if callable(images) else images[i])
+        ax.set_title(f"true: {class_names[int(labels[i])]}\npred: {class_names[int(pred[i])]} "
+                     f"({float(conf[i]):.2f})", fontsize=8)
+        ax.axis("off")
+    fig.tight_layout()
+    return atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))

@@ -23,13 +23,12 @@ import numpy as np
 import torch
 from pycocotools import mask as mask_utils
 from torch import nn
-from torchvision.models.detection.transform import resize_boxes
 
-from headseg.config import ClsConfig, SegConfig
+from headseg.classification import Classifier
 from headseg.crops import crop_heads
 from headseg.data import CocoHeads
 from headseg.io import read_image
-from headseg.segmentation import boxes_from_masks, fold_frozen_batchnorm, paste_masks
+from headseg.segmentation import Segmenter, detect, fold_frozen_batchnorm
 
 if TYPE_CHECKING:
     from headseg.tracking import FrameResult, Tracker
@@ -86,6 +85,60 @@ class ImageResult:
     def __len__(self) -> int:
         return len(self.heads)
 
+    def __getitem__(self, index: int | slice | np.ndarray | Sequence[int] | Sequence[bool]) -> "ImageResult":
+        """The heads picked by an int, a slice, indices or a boolean mask, as a new result.
+
+        ``result[result.scores > 0.7]``, ``result[result.labels == "hard_hat"]`` (as with
+        detectron2's ``Instances``); the image size and source stay.
+        """
+        if isinstance(index, (int, np.integer)):
+            picked = (self.heads[index],)
+        elif isinstance(index, slice):
+            picked = self.heads[index]
+        else:
+            array = np.asarray(index)
+            if array.dtype == bool:
+                if array.shape != (len(self.heads),):
+                    raise ValueError(f"boolean index of shape {array.shape}; expected ({len(self.heads)},)")
+                array = np.flatnonzero(array)
+            picked = tuple(self.heads[int(i)] for i in array.reshape(-1))
+        return ImageResult(tuple(picked), self.image_size, self.source)
+
+    def filter(self, min_score: float = 0.0, labels: Sequence[str] | None = None,
+               min_label_prob: float = 0.0) -> "ImageResult":
+        """The heads scoring at least ``min_score``, of one of ``labels`` (None: any), whose label
+        probability is at least ``min_label_prob``."""
+        keep = [h for h in self.heads if h.score >= min_score and h.label_prob >= min_label_prob
+                and (labels is None or h.label in labels)]
+        return ImageResult(tuple(keep), self.image_size, self.source)
+
+    @property
+    def boxes(self) -> np.ndarray:
+        """``(N, 4)`` float32 xyxy boxes in pixels of the input image."""
+        return np.array([h.box_xyxy for h in self.heads], np.float32).reshape(-1, 4)
+
+    @property
+    def scores(self) -> np.ndarray:
+        """``(N,)`` float32 segmentation scores."""
+        return np.array([h.score for h in self.heads], np.float32)
+
+    @property
+    def masks(self) -> np.ndarray:
+        """``(N, H, W)`` bool masks (``(0, H, W)`` when there are no heads)."""
+        if not self.heads:
+            return np.zeros((0, *self.image_size), bool)
+        return np.stack([h.mask for h in self.heads])
+
+    @property
+    def labels(self) -> np.ndarray:
+        """``(N,)`` attire labels (strings)."""
+        return np.array([h.label for h in self.heads], dtype=object)
+
+    @property
+    def label_probs(self) -> np.ndarray:
+        """``(N,)`` float32 probability of each head's label."""
+        return np.array([h.label_prob for h in self.heads], np.float32)
+
     def counts(self) -> dict[str, int]:
         """Heads per attire label."""
         out: dict[str, int] = {}
@@ -135,7 +188,7 @@ class ImageResult:
         out = image.copy()
         thickness = max(1, round(max(self.image_size) / 400))
         for h in self.heads:
-            color = label_color(h.label)
+            color = label_color(h.label, list(h.probs))
             out[h.mask] = (out[h.mask] * (1 - alpha) + np.array(color) * alpha).astype(np.uint8)
             x0, y0, x1, y1 = (int(round(v)) for v in h.box_xyxy)
             cv2.rectangle(out, (x0, y0), (x1, y1), color, thickness)
@@ -149,11 +202,20 @@ class ImageResult:
         return out
 
 
-def label_color(label: str) -> tuple[int, int, int]:
-    """A stable, distinct RGB colour for a label."""
-    palette = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
-               (145, 30, 180), (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212)]
-    return palette[sum(label.encode()) % len(palette)]
+# Ten colours that stay apart from each other (Sasha Trubetskoy's list of distinct colours).
+PALETTE = ((230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
+           (145, 30, 180), (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212))
+
+
+def label_color(label: str, class_names: Sequence[str] | None = None) -> tuple[int, int, int]:
+    """The RGB colour of a label: distinct for the first ten ``class_names`` (by position).
+
+    Without ``class_names`` (or for a label not among them) the colour is a stable function of
+    the label's text, and two labels may share one.
+    """
+    if class_names is not None and label in class_names:
+        return PALETTE[list(class_names).index(label) % len(PALETTE)]
+    return PALETTE[sum(label.encode()) % len(PALETTE)]
 
 
 def _as_rgb(image: ImageInput, color_order: str) -> tuple[np.ndarray, str | None]:
@@ -206,16 +268,14 @@ class HeadwearPipeline:
     """Mask R-CNN heads, masked crops, attire classifier: one image in, one typed result out.
 
     Args:
-        segmenter: A torchvision Mask R-CNN (from :func:`headseg.segmentation.load_segmenter`).
-            The pipeline runs a copy with its BatchNorm folded; the model passed in is untouched.
-        classifier: The attire classifier (from :func:`headseg.classification.load_classifier`),
-            likewise folded in a copy.
-        seg_config: The segmenter's training config (its preprocessing is inside the model).
-        cls_config: The classifier's config: crop rules and input size.
-        class_names: Attire labels, in the classifier's output order.
-        mean, std: The classifier's input normalisation.
+        segmenter: A loaded segmenter (:meth:`headseg.segmentation.Segmenter.load`). The
+            pipeline runs a copy with its BatchNorm folded; the model passed in is untouched.
+        classifier: A loaded classifier (:meth:`headseg.classification.Classifier.load`): its
+            preprocessing record gives the crop rules, input size and mean/std. Likewise
+            folded in a copy.
         device: Where both models run.
-        score_thresh: Heads below this segmentation score are dropped.
+        score_thresh: Heads below this segmentation score are dropped; None: the segmenter
+            checkpoint's own ``box_score_thresh`` (with any ``seg_overrides`` applied).
         mask_thresh: Mask probability above which a pixel belongs to the head.
         batch_size: Images per segmenter forward pass.
         amp: fp16 autocast on CUDA (ignored on the CPU).
@@ -223,26 +283,32 @@ class HeadwearPipeline:
             shrinks them anyway) and results scaled back, so memory stays bounded.
     """
 
-    def __init__(self, segmenter: nn.Module, classifier: nn.Module, seg_config: SegConfig,
-                 cls_config: ClsConfig, class_names: Sequence[str], mean: Sequence[float],
-                 std: Sequence[float], device: str | torch.device = "cpu", score_thresh: float = 0.5,
-                 mask_thresh: float = 0.5, batch_size: int = 4, max_side: int = 2048,
-                 amp: bool = True) -> None:
+    def __init__(self, segmenter: Segmenter, classifier: Classifier, device: str | torch.device = "cpu",
+                 score_thresh: float | None = None, mask_thresh: float = 0.5, batch_size: int = 4,
+                 max_side: int = 2048, amp: bool = True) -> None:
+        if not isinstance(segmenter, Segmenter) or not isinstance(classifier, Classifier):
+            raise TypeError(f"HeadwearPipeline takes a Segmenter and a Classifier, got "
+                            f"{type(segmenter).__name__} and {type(classifier).__name__}; load them with "
+                            "Segmenter.load(path) and Classifier.load(path), or use "
+                            "HeadwearPipeline.from_checkpoint(seg_path, cls_path)")
+        if score_thresh is None:
+            score_thresh = segmenter.config.model.box_score_thresh
         if not 0.0 <= score_thresh <= 1.0 or not 0.0 < mask_thresh < 1.0:
             raise ValueError(f"score_thresh={score_thresh} must be in [0, 1] and "
                              f"mask_thresh={mask_thresh} in (0, 1)")
         self.device = torch.device(device)
         # Inference copies: BatchNorm folded into the convolutions and channels-last layout,
         # the same outputs and a 3x faster backbone on a 2-core CPU (docs/PERFORMANCE.md).
-        self.segmenter = copy.deepcopy(segmenter).eval()
+        self.segmenter = copy.deepcopy(segmenter.model).eval()
         fold_frozen_batchnorm(self.segmenter)
         self.segmenter.to(self.device, memory_format=torch.channels_last)
-        self.classifier = _fold_batchnorm(classifier.eval())
+        self.classifier = _fold_batchnorm(classifier.model)
         self.classifier.to(self.device, memory_format=torch.channels_last)
-        self.seg_config, self.cls_config = seg_config, cls_config
-        self.class_names = list(class_names)
-        self.mean = torch.tensor(mean, device=self.device).view(1, 3, 1, 1)
-        self.std = torch.tensor(std, device=self.device).view(1, 3, 1, 1)
+        self.seg_config, self.cls_config = segmenter.config, classifier.config
+        self.preprocessing = classifier.preprocessing
+        self.class_names = list(classifier.class_names)
+        self.mean = torch.tensor(self.preprocessing.mean, device=self.device).view(1, 3, 1, 1)
+        self.std = torch.tensor(self.preprocessing.std, device=self.device).view(1, 3, 1, 1)
         self.mask_thresh = mask_thresh
         self.batch_size = max(1, batch_size)
         self.max_side = max_side
@@ -255,6 +321,8 @@ class HeadwearPipeline:
 
     @score_thresh.setter
     def score_thresh(self, value: float) -> None:
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"score_thresh={value}; expected a value in [0, 1]")
         # Filtering inside roi_heads also saves pasting masks of heads we would drop.
         self._score_thresh = float(value)
         self.segmenter.roi_heads.score_thresh = float(value)
@@ -270,26 +338,26 @@ class HeadwearPipeline:
             classifier: ``best.pt`` of ``tools/train_cls.py``.
             device: ``cpu``, ``cuda``... (default: CUDA when available).
             seg_overrides: Inference-time segmenter fields to change, e.g.
-                ``{"min_size": 640, "rpn_post_nms_top_n_test": 100}`` (check val AP after).
+                ``{"min_size": 640, "box_score_thresh": 0.3}`` (check val AP after).
             **kwargs: ``score_thresh``, ``mask_thresh``, ``batch_size``, ``max_side``, ``amp``.
         """
-        from headseg.classification import load_classifier, preprocessing_from_checkpoint  # noqa: PLC0415
-        from headseg.segmentation import load_segmenter  # noqa: PLC0415
-        from headseg.training import load_checkpoint  # noqa: PLC0415
-
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        seg_model, seg_cfg, seg_names = load_segmenter(segmenter, device, **(seg_overrides or {}))
-        if len(seg_names) != 1:
+        seg = Segmenter.load(segmenter, device, **(seg_overrides or {}))
+        if len(seg.class_names) != 1:
             log.warning("segmenter %s has %d classes; the pipeline treats every detection as a head",
-                        segmenter, len(seg_names))
-        state = load_checkpoint(classifier, "classifier")
-        cls_model, cls_cfg, names = load_classifier(state, device)
-        pre = preprocessing_from_checkpoint(state)
-        return cls(seg_model, cls_model, seg_cfg, cls_cfg, names, pre.mean, pre.std, device, **kwargs)
+                        segmenter, len(seg.class_names))
+        return cls(seg, Classifier.load(classifier, device), device, **kwargs)
 
     @classmethod
     def from_pretrained(cls, device: str | torch.device | None = None, **kwargs: Any) -> "HeadwearPipeline":
-        """The bundled default: trained on the CC0 face-mask photos (see docs/MODEL_CARD.md)."""
+        """The bundled default: trained on the CC0 face-mask photos (see docs/MODEL_CARD.md).
+
+        Its checkpoint keeps COCO evaluation's low ``box_score_thresh`` (0.05), so the default
+        score threshold here is 0.5 unless ``score_thresh`` or a ``box_score_thresh`` override
+        is given.
+        """
+        if "box_score_thresh" not in (kwargs.get("seg_overrides") or {}):
+            kwargs.setdefault("score_thresh", 0.5)
         seg, clf = ASSETS / "segmenter.pt", ASSETS / "classifier.pt"
         for path in (seg, clf):
             if not path.is_file():
@@ -390,30 +458,9 @@ class HeadwearPipeline:
         return self._finish(tensors, self._segment(tensors), images, sources)
 
     def _segment(self, tensors: list[torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        """Stage 1: per image, the ``(boxes, scores, masks)`` of the heads kept.
-
-        The segmenter's own forward pass, stage by stage, but for one step: masks are pasted
-        all at once (:func:`headseg.segmentation.paste_masks`) rather than by torchvision's
-        loop, which reads every box back to the host (a device sync per head on a GPU).
-        """
-        model = self.segmenter
-        with torch.autocast(self.device.type, enabled=self.amp):
-            batch, _ = model.transform(tensors)
-            features = self._backbone(batch.tensors)
-            proposals, _ = model.rpn(batch, features)
-            detections, _ = model.roi_heads(features, proposals, batch.image_sizes)
-        per_image = []
-        for det, resized, tensor in zip(detections, batch.image_sizes, tensors):
-            size = (tensor.shape[-2], tensor.shape[-1])
-            boxes = resize_boxes(det["boxes"].float(), resized, size)
-            masks = paste_masks(det["masks"], boxes, size)[:, 0] > self.mask_thresh
-            # A head whose mask thresholded to nothing has nothing to classify.
-            keep = masks.flatten(1).any(1)
-            boxes, masks = boxes[keep], masks[keep]
-            if self.seg_config.model.box_from_mask:
-                boxes = boxes_from_masks(masks, boxes)
-            per_image.append((boxes, det["scores"][keep].float(), masks))
-        return per_image
+        """Stage 1: per image, the ``(boxes, scores, masks)`` of the heads kept (:func:`detect`)."""
+        dets = detect(self.segmenter, tensors, self.seg_config.model.box_from_mask, self.mask_thresh, self.amp)
+        return [(d.boxes, d.scores, d.masks) for d in dets]
 
     def _backbone(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """Backbone + FPN features of a resized, normalised ``(B, 3, H, W)`` batch."""
@@ -425,7 +472,7 @@ class HeadwearPipeline:
 
         The images of a batch have one size (``__call__`` groups them so).
         """
-        crop = self.cls_config.crop
+        crop = self.preprocessing.crop
         counts = [len(boxes) for boxes, _, _ in per_image]
         boxes, scores, masks = (torch.cat(parts) for parts in zip(*per_image))
         probs = torch.zeros(0, len(self.class_names), device=self.device)
@@ -454,15 +501,17 @@ class HeadwearPipeline:
 
 
 def _fold_batchnorm(model: nn.Module) -> nn.Module:
-    """The eval-mode ``model`` with each BatchNorm folded into the convolution before it.
+    """An eval-mode copy of ``model`` with each BatchNorm folded into the convolution before it.
 
     Same outputs within float rounding, less work per crop (docs/PERFORMANCE.md). A model that
-    torch.fx cannot trace (data-dependent control flow) is returned as it is.
+    torch.fx cannot trace (data-dependent control flow) comes back unfolded, but still a copy:
+    the caller's model is never changed (mode, device or layout).
     """
     from torch.fx.experimental.optimization import fuse  # noqa: PLC0415
 
+    model = copy.deepcopy(model).eval()
     try:
-        return fuse(model)
+        return fuse(model, inplace=True)
     except Exception as error:  # fx raises many types for untraceable code; all mean "keep it"
         log.info("classifier kept unfused (%s: %s)", type(error).__name__, error)
         return model

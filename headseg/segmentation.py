@@ -7,9 +7,10 @@ inference/evaluation helpers. Checkpoints carry their config and class names, so
 
 from __future__ import annotations
 
+import difflib
 import logging
-import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,25 +27,21 @@ from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHe
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.models.detection.roi_heads import expand_boxes
 from torchvision.models.detection.rpn import RPNHead
+from torchvision.models.detection.transform import resize_boxes
 from torchvision.ops import FrozenBatchNorm2d
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 from tqdm import tqdm
 
 from headseg.config import SegConfig, SegModelConfig, from_dict, to_dict
 from headseg.data import CocoHeads, HeadDataset, collate, load_coco, train_transforms
-from headseg.training import (
-    Distributed,
-    MetricsLog,
-    NonFiniteLossError,
-    check_output_dir,
+from headseg.engine import (
+    Checkpointer,
     default_device,
     init_distributed,
     load_checkpoint,
     lr_lambda,
-    rng_state,
-    save_checkpoint,
     seed_everything,
-    set_rng_state,
+    train_one_epoch,
 )
 from headseg.weights import load_imagenet_state_dict, load_weights_file
 
@@ -194,26 +191,49 @@ def with_inference_overrides(config: dict[str, Any], overrides: dict[str, Any]) 
     return merged
 
 
+@dataclass(frozen=True, eq=False)
+class Segmenter:
+    """A trained segmenter as its checkpoint describes it: model, config and class names.
+
+    Attributes:
+        model: torchvision Mask R-CNN in eval mode; its input resizing is inside it.
+        config: The training config, with any inference-time overrides applied.
+        class_names: Model label ``k`` is ``class_names[k - 1]`` (``["head"]``: class-agnostic).
+    """
+
+    model: MaskRCNN
+    config: SegConfig
+    class_names: list[str]
+
+    @classmethod
+    def load(cls, path: str | Path, device: str | torch.device = "cpu", **model_overrides: Any) -> "Segmenter":
+        """Rebuild a trained segmenter from its checkpoint alone (``weights_only=True``).
+
+        Args:
+            path: ``best.pt`` / ``last.pt`` from ``tools/train_seg.py`` (or a shipped fp16 file).
+            device: Where to put the model.
+            model_overrides: Inference-time model fields to change (:data:`INFERENCE_FIELDS`),
+                e.g. ``box_score_thresh=0.5``.
+        """
+        state = load_checkpoint(path, "segmenter")
+        cfg = from_dict(SegConfig, with_inference_overrides(state["config"], model_overrides))
+        # The backbone's ImageNet weights are replaced by the checkpoint's: never load them here.
+        model = build_segmenter(from_dict(SegModelConfig, {**to_dict(cfg.model), "weights": "none"}),
+                                len(state["class_names"]))
+        model.load_state_dict({k: v.float() for k, v in state["model"].items()})
+        return cls(model.eval().to(device), cfg, list(state["class_names"]))
+
+    def detect(self, images: Sequence[torch.Tensor], mask_thresh: float = 0.5,
+               amp: bool = False) -> list[Detections]:
+        """:func:`detect` with this checkpoint's own ``box_from_mask``."""
+        return detect(self.model, images, self.config.model.box_from_mask, mask_thresh, amp)
+
+
 def load_segmenter(path: str | Path, device: str | torch.device = "cpu",
                    **model_overrides: Any) -> tuple[MaskRCNN, SegConfig, list[str]]:
-    """Rebuild a trained segmenter from its checkpoint alone.
-
-    Args:
-        path: ``best.pt`` / ``last.pt`` from ``tools/train_seg.py`` (or a shipped fp16 file).
-        device: Where to put the model.
-        model_overrides: Inference-time model fields to change (:data:`INFERENCE_FIELDS`), e.g.
-            ``box_score_thresh=0.5``.
-
-    Returns:
-        ``(model in eval mode, config, class names)``.
-    """
-    state = load_checkpoint(path, "segmenter")
-    cfg = from_dict(SegConfig, with_inference_overrides(state["config"], model_overrides))
-    # The backbone's ImageNet weights are replaced by the checkpoint's: never load them here.
-    model = build_segmenter(from_dict(SegModelConfig, {**to_dict(cfg.model), "weights": "none"}),
-                            len(state["class_names"]))
-    model.load_state_dict({k: v.float() for k, v in state["model"].items()})
-    return model.eval().to(device), cfg, state["class_names"]
+    """``(model in eval mode, config, class names)`` of :meth:`Segmenter.load`."""
+    seg = Segmenter.load(path, device, **model_overrides)
+    return seg.model, seg.config, seg.class_names
 
 
 def fold_frozen_batchnorm(model: nn.Module) -> int:
@@ -327,7 +347,66 @@ def _bilinear_weights(start: torch.Tensor, end: torch.Tensor, cells: int, pixels
 
 
 
+@dataclass(frozen=True, eq=False)
+class Detections:
+    """A segmenter's heads in one image, in pixels of that image, most confident first.
+
+    Attributes:
+        boxes: ``(N, 4)`` float32 xyxy; the mask's tight box when the model's config says
+            ``box_from_mask`` (else the box head's).
+        scores: ``(N,)`` float32 in ``[0, 1]``.
+        labels: ``(N,)`` int64 model labels ``1..K`` (1 = ``head`` for a class-agnostic model).
+        masks: ``(N, H, W)`` bool, never empty: a head whose mask thresholds to nothing is dropped.
+    """
+
+    boxes: torch.Tensor
+    scores: torch.Tensor
+    labels: torch.Tensor
+    masks: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.boxes)
+
+
 @torch.inference_mode()
+def detect(model: MaskRCNN, images: Sequence[torch.Tensor], box_from_mask: bool, mask_thresh: float = 0.5,
+           amp: bool = False) -> list[Detections]:
+    """Run a segmenter and turn its output into :class:`Detections`: the one detection path.
+
+    Evaluation, crop-set writing and the pipeline all call this, so each sees what the others
+    see. It is the model's own forward pass, stage by stage, but for one step: masks are
+    pasted all at once (:func:`paste_masks`) rather than by torchvision's loop, which reads
+    every box back to the host (a device sync per head on a GPU).
+
+    Args:
+        model: A torchvision Mask R-CNN in eval mode; its ``roi_heads.score_thresh`` applies.
+        images: ``(3, H, W)`` float RGB tensors in ``[0, 1]`` on the model's device.
+        box_from_mask: Report each mask's tight box (the segmenter config's ``box_from_mask``).
+        mask_thresh: Mask probability above which a pixel belongs to the head.
+        amp: Autocast (fp16 on CUDA; ignored elsewhere).
+
+    Returns:
+        One :class:`Detections` per image, on the images' device.
+    """
+    device_type = images[0].device.type if len(images) else "cpu"
+    with torch.autocast(device_type, enabled=amp and device_type == "cuda"):
+        batch, _ = model.transform(list(images))
+        features = model.backbone(batch.tensors.contiguous(memory_format=torch.channels_last))
+        proposals, _ = model.rpn(batch, features)
+        outputs, _ = model.roi_heads(features, proposals, batch.image_sizes)
+    detections = []
+    for out, resized, image in zip(outputs, batch.image_sizes, images):
+        size = (image.shape[-2], image.shape[-1])
+        boxes = resize_boxes(out["boxes"].float(), resized, size)
+        masks = paste_masks(out["masks"], boxes, size)[:, 0] > mask_thresh
+        keep = masks.flatten(1).any(1)  # a head with no pixel has nothing to show or classify
+        boxes, masks = boxes[keep], masks[keep]
+        if box_from_mask:
+            boxes = boxes_from_masks(masks, boxes)
+        detections.append(Detections(boxes, out["scores"][keep].float(), out["labels"][keep], masks))
+    return detections
+
+
 def predict_dataset(model: MaskRCNN, dataset: HeadDataset, device: torch.device,
                     batch_size: int = 2, category_ids: Sequence[int] | None = None,
                     progress: bool = True, box_from_mask: bool = False) -> list[dict[str, Any]]:
@@ -344,30 +423,47 @@ def predict_dataset(model: MaskRCNN, dataset: HeadDataset, device: torch.device,
     model.eval()
     results: list[dict[str, Any]] = []
     for images, targets in tqdm(loader, desc="predict", disable=not progress, leave=False):
-        outputs = model([im.to(device) for im in images])
-        for out, tgt in zip(outputs, targets):
-            labels = out["labels"].cpu().numpy()
+        for det, tgt in zip(detect(model, [im.to(device) for im in images], box_from_mask), targets):
+            labels = det.labels.cpu().numpy()
             cats = labels if category_ids is None else np.asarray(category_ids)[labels - 1]
-            masks = out["masks"][:, 0] > 0.5
-            boxes = boxes_from_masks(masks, out["boxes"]) if box_from_mask else out["boxes"]
-            masks = masks.cpu().numpy()
-            results += to_coco_results(tgt["image_id"], boxes.cpu().numpy(),
-                                       out["scores"].cpu().numpy(), cats, masks)
+            results += to_coco_results(tgt["image_id"], det.boxes.cpu().numpy(), det.scores.cpu().numpy(),
+                                       cats, det.masks.cpu().numpy())
     return results
 
 
+def category_ids_by_name(class_names: Sequence[str], coco: CocoHeads) -> list[int]:
+    """The COCO category id of each model class, matched by name (never by position).
+
+    Raises:
+        ValueError: a model class has no category of that name in ``coco``.
+    """
+    ids = {name: cid for cid, name in coco.categories.items()}
+    missing = [n for n in class_names if n not in ids]
+    if missing:
+        raise ValueError(f"the segmenter's classes {missing} are not categories of {coco.path} "
+                         f"(it has {sorted(ids)}); evaluate on a file with the same category names")
+    return [ids[n] for n in class_names]
+
+
 def evaluate_segmenter(model: MaskRCNN, coco: CocoHeads, device: torch.device,
-                       class_agnostic: bool = True, derived_mask: str = "ellipse",
+                       class_names: Sequence[str] = ("head",), derived_mask: str = "ellipse",
                        progress: bool = True, box_from_mask: bool = False
                        ) -> tuple[dict[str, float], list[dict[str, Any]]]:
-    """COCO bbox and segm metrics of ``model`` on ``coco`` and the raw results."""
+    """COCO bbox and segm metrics of ``model`` on ``coco`` and the raw results.
+
+    Args:
+        class_names: The model's classes (label ``k`` is ``class_names[k - 1]``). ``["head"]``
+            scores localisation alone (class-agnostic); other names are matched to ``coco``'s
+            categories by name, whatever their ids there.
+    """
     from headseg.evaluation import coco_evaluate  # noqa: PLC0415
 
-    dataset = HeadDataset(coco, class_agnostic=class_agnostic, derived_mask=derived_mask)
-    cat_ids = None if class_agnostic else sorted(coco.categories)
+    agnostic = list(class_names) == ["head"]
+    dataset = HeadDataset(coco, class_agnostic=agnostic, derived_mask=derived_mask)
+    cat_ids = None if agnostic else category_ids_by_name(class_names, coco)
     results = predict_dataset(model, dataset, device, category_ids=cat_ids, progress=progress,
                               box_from_mask=box_from_mask)
-    metrics = coco_evaluate(coco.dataset, results, ("bbox", "segm"), class_agnostic=class_agnostic)
+    metrics = coco_evaluate(coco.dataset, results, ("bbox", "segm"), class_agnostic=agnostic)
     return metrics, results
 
 
@@ -396,31 +492,57 @@ def _set_param_groups(model: nn.Module, cfg: SegConfig) -> torch.optim.Optimizer
     raise ValueError(f"train.optimizer={t.optimizer!r} is not one of sgd, adamw")
 
 
+def _select_metric_keys() -> list[str]:
+    from headseg.evaluation import STAT_NAMES  # noqa: PLC0415
+
+    return [f"{iou}/{name}" for iou in ("bbox", "segm") for name in STAT_NAMES]
+
+
+def check_select_metric(name: str) -> None:
+    """Refuse a ``train.select_metric`` that validation never reports (it would never pick).
+
+    Per-category keys (``bbox/AP50/<class>``) are accepted too.
+
+    Raises:
+        ValueError: naming the closest valid keys.
+    """
+    valid = _select_metric_keys()
+    if name in valid or name.rsplit("/", 1)[0] in valid:
+        return
+    close = difflib.get_close_matches(name, valid, n=3)
+    hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+    raise ValueError(f"train.select_metric={name!r} is not a validation metric{hint} "
+                     f"(valid: {', '.join(valid)}, or KEY/<class name>)")
+
+
 def train_segmenter(cfg: SegConfig, out_dir: str | Path, resume: bool = False,
                     device: str | torch.device | None = None, progress: bool = True) -> dict[str, Any]:
     """Train a head segmenter; the loop behind ``tools/train_seg.py``.
 
-    Writes to ``out_dir``: ``last.pt`` (every epoch, atomically, with optimizer state for
-    ``--resume``), ``best.pt`` (best val ``train.select_metric``), ``metrics.csv``,
-    ``curves.png`` and ``config.yaml``. Under ``torchrun`` it trains data-parallel (DDP).
+    The stage's model, data and loss; the epoch loop, checkpoints and logs are
+    :mod:`headseg.engine`'s. Writes to ``out_dir``: ``last.pt`` (every epoch, atomically, with
+    optimizer state for ``--resume``), ``best.pt`` (best val ``train.select_metric``; without
+    ``data.val_json`` the lowest training loss), ``metrics.csv``, ``curves.png`` and
+    ``config.yaml``. Under ``torchrun`` it trains data-parallel (DDP).
 
     Returns:
         ``{"best": best metric value, "epochs": epochs run, "out_dir": Path, "last": metrics}``.
 
     Raises:
         NonFiniteLossError: the loss became NaN/inf; the message names epoch and step.
+        ValueError: an unknown ``train.select_metric``, or no images to train on.
     """
-    import yaml  # noqa: PLC0415
-
+    t = cfg.train
+    check_select_metric(t.select_metric)
     d = init_distributed()
     out_dir = Path(out_dir)
-    if d.is_main:
-        check_output_dir(out_dir)
+    checkpointer = Checkpointer(out_dir, "segmenter", ("bbox/AP50", "bbox/AP", "segm/AP50", "segm/AP"), d)
     device = torch.device(device) if device else default_device(d)
-    t = cfg.train
     seed_everything(t.seed)
     train_coco = load_coco(cfg.data.train_json, cfg.data.image_root or None)
     val_coco = load_coco(cfg.data.val_json, cfg.data.image_root or None) if cfg.data.val_json else None
+    if val_coco is None:
+        log.info("no data.val_json: the lowest training loss picks best.pt, not %s", t.select_metric)
     class_names = ["head"] if cfg.data.class_agnostic else train_coco.class_names
     dataset = HeadDataset(train_coco, train_transforms(t.hflip, t.scale_jitter, t.color_jitter),
                           cfg.data.class_agnostic, cfg.data.derived_mask)
@@ -432,40 +554,35 @@ def train_segmenter(cfg: SegConfig, out_dir: str | Path, resume: bool = False,
     steps_per_epoch = -(-len(dataset) // (t.batch_size * d.world_size))
     if t.max_iters:
         steps_per_epoch = min(steps_per_epoch, t.max_iters)
-    total = steps_per_epoch * t.epochs
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lr_lambda(total, t.warmup_iters, t.schedule, t.milestones))
+        optimizer, lr_lambda(steps_per_epoch * t.epochs, t.warmup_iters, t.schedule, t.milestones))
     if t.channels_last:
         model.to(memory_format=torch.channels_last)
     autocast = autocast_settings(t.amp, device)
     # fp16 needs its loss scaled against underflow; bf16 has fp32's exponent range and does not.
     scaler = torch.amp.GradScaler("cuda", enabled=autocast["dtype"] == torch.float16)
 
-    start_epoch, best = 0, -1.0
-    metrics_log = MetricsLog(out_dir, ("bbox/AP50", "bbox/AP", "segm/AP50", "segm/AP"))
-    last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
-    if resume and last_path.is_file():
-        state = load_checkpoint(last_path, "segmenter")
+    state = checkpointer.resume(resume)
+    if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
-        start_epoch, best = state["epoch"] + 1, state["best"]
-        set_rng_state(state["rng"])
-        metrics_log.truncate(start_epoch)
-        log.info("resumed from %s at epoch %d", last_path, start_epoch)
-    elif resume:
-        log.warning("--resume: no %s yet, starting from scratch", last_path)
-    if d.is_main:
-        (out_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    checkpointer.write_config(to_dict(cfg))
 
     train_model: nn.Module = model
     if d.enabled:
         train_model = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
 
+    def compute_losses(batch: tuple[tuple, tuple]) -> tuple[dict[str, torch.Tensor], int]:
+        images, targets = batch
+        images = [im.to(device) for im in images]
+        targets = [{k: (v.to(device) if torch.is_tensor(v) else v) for k, v in tgt.items()} for tgt in targets]
+        return train_model(images, targets), len(images)
+
     last_metrics: dict[str, float] = {}
-    for epoch in range(start_epoch, t.epochs):
+    for epoch in range(checkpointer.start_epoch, t.epochs):
         # Data order and augmentation depend only on (seed, epoch): a resumed run sees the same.
         torch.manual_seed(t.seed * 1000 + epoch)
         generator = torch.Generator().manual_seed(t.seed * 1000 + epoch)
@@ -478,62 +595,26 @@ def train_segmenter(cfg: SegConfig, out_dir: str | Path, resume: bool = False,
             dataset, batch_size=t.batch_size, sampler=sampler, num_workers=cfg.data.workers,
             collate_fn=collate, generator=generator, persistent_workers=False)
         train_model.train()
-        sums: dict[str, float] = {}
-        steps, t0 = 0, time.time()
-        bar = tqdm(loader, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{t.epochs}",
-                   disable=not (progress and d.is_main))
-        for step, (images, targets) in enumerate(bar):
-            if step >= steps_per_epoch:
-                break
-            images = [im.to(device) for im in images]
-            targets = [{k: (v.to(device) if torch.is_tensor(v) else v) for k, v in tgt.items()}
-                       for tgt in targets]
-            with torch.autocast(**autocast):
-                losses = train_model(images, targets)
-            loss = sum(losses.values())
-            if not torch.isfinite(loss):
-                raise NonFiniteLossError(
-                    f"loss became {loss.item()} at epoch {epoch + 1}, step {step + 1} "
-                    f"({ {k: round(v.item(), 4) for k, v in losses.items()} }); the last good "
-                    f"checkpoint is {last_path if last_path.is_file() else 'none yet'}. "
-                    "Lower train.lr or raise train.warmup_iters.")
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if t.clip_grad_norm > 0:
-                scaler.unscale_(optimizer)
-                nn.utils.clip_grad_norm_(model.parameters(), t.clip_grad_norm)
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            steps += 1
-            sums["loss"] = sums.get("loss", 0.0) + loss.item()
-            for k, v in losses.items():
-                sums[k.replace("loss_", "loss/")] = sums.get(k.replace("loss_", "loss/"), 0.0) + v.item()
-            if step % t.log_every == 0:
-                bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{scheduler.get_last_lr()[0]:.4g}")
-        bar.close()
-
-        row = {"epoch": epoch, "lr": scheduler.get_last_lr()[0], "epoch_seconds": time.time() - t0,
-               "images_per_second": steps * t.batch_size * d.world_size / max(time.time() - t0, 1e-9),
-               **{k: v / max(steps, 1) for k, v in sums.items()}}
+        stats = train_one_epoch(
+            train_model, loader, optimizer, compute_losses, epoch=epoch, epochs=t.epochs,
+            steps=steps_per_epoch, distributed=d, scheduler=scheduler, scaler=scaler, autocast=autocast,
+            clip_grad_norm=t.clip_grad_norm, last_good=checkpointer.last_path,
+            hint="Lower train.lr or raise train.warmup_iters.", log_every=t.log_every, progress=progress)
+        steps, seconds, _ = stats.pop("steps"), stats.pop("seconds"), stats.pop("samples")
+        row = {"epoch": epoch, "lr": scheduler.get_last_lr()[0], "epoch_seconds": seconds,
+               "images_per_second": steps * t.batch_size * d.world_size / max(seconds, 1e-9), **stats}
         if d.is_main:
             if val_coco is not None:
-                last_metrics, _ = evaluate_segmenter(model, val_coco, device, cfg.data.class_agnostic,
+                last_metrics, _ = evaluate_segmenter(model, val_coco, device, class_names,
                                                      cfg.data.derived_mask, progress,
                                                      cfg.model.box_from_mask)
                 row.update({k: v for k, v in last_metrics.items() if k.count("/") == 1})
-            score = last_metrics.get(t.select_metric, -row["loss"]) if val_coco else -row["loss"]
-            improved = score > best
-            best = max(best, score) if improved else best
-            extra = {"epoch": epoch, "best": best, "metrics": last_metrics,
-                     "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                     "scaler": scaler.state_dict(), "rng": rng_state()}
-            ckpt = segmenter_checkpoint(model, cfg, class_names, **extra)
-            if improved:
-                save_checkpoint(best_path, {k: v for k, v in ckpt.items()
-                                            if k not in ("optimizer", "scheduler", "scaler", "rng")})
-            save_checkpoint(last_path, ckpt)
-            metrics_log.append(row)
-            log.info("epoch %d: %s", epoch + 1, {k: round(v, 4) for k, v in row.items()})
+                score = last_metrics[t.select_metric]
+            else:
+                score = -row["loss"]
+            training_state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                              "scaler": scaler.state_dict()}
+            checkpointer.end_epoch(epoch, segmenter_checkpoint(model, cfg, class_names, metrics=last_metrics,
+                                                               **training_state), score, row)
         d.barrier()
-    return {"best": best, "epochs": t.epochs, "out_dir": out_dir, "last": last_metrics}
+    return {"best": checkpointer.best, "epochs": t.epochs, "out_dir": out_dir, "last": last_metrics}

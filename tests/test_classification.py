@@ -15,24 +15,23 @@ from torch import nn
 from headseg import classification
 from headseg.classification import (
     ClassifierHead,
-    CropIndexDataset,
     build_classifier,
-    check_crop_rules,
     classifier_checkpoint,
     classifier_head,
     crop_transforms,
     load_classifier,
     normalize,
-    plot_worst_mistakes,
     predict_probs,
     preprocessing_from_checkpoint,
     set_backbone_trainable,
     train_classifier,
     train_mode,
 )
+from headseg.crop_sets import CropIndexDataset, check_crop_rules
+from headseg.evaluation import plot_worst_mistakes
 from headseg.config import ClsConfig, ClsModelConfig, CropConfig, SegConfig, load_config
 from headseg.segmentation import build_segmenter, segmenter_checkpoint
-from headseg.training import NonFiniteLossError, load_checkpoint, save_checkpoint
+from headseg.engine import NonFiniteLossError, load_checkpoint, save_checkpoint
 from tests.conftest import TINY_SEG
 from tools import eval_cls, make_crops, train_cls
 
@@ -118,7 +117,8 @@ def test_checkpoint_round_trip_reproduces_outputs(tmp_path: Path) -> None:
     x = normalize(torch.rand(5, 3, 32, 32))
     save_checkpoint(tmp_path / "c.pt", classifier_checkpoint(model, cfg, ["a", "b", "c"], epoch=0))
     state = load_checkpoint(tmp_path / "c.pt", "classifier")
-    assert {"kind", "version", "model", "config", "class_names", "input_size", "mean", "std", "crop"} <= set(state)
+    assert {"kind", "version", "model", "config", "class_names", "preprocessing"} <= set(state)
+    assert "crop" not in state["config"]  # the crop rules are stored once, in the preprocessing record
     loaded, loaded_cfg, names = load_classifier(tmp_path / "c.pt")
     assert names == ["a", "b", "c"] and loaded_cfg == cfg and not loaded.training
     assert torch.allclose(predict_probs(model, x), predict_probs(loaded, x), atol=1e-6)
@@ -201,7 +201,8 @@ def test_train_resume_and_eval_tools(crop_sets: dict[str, Path], tmp_path: Path)
         assert (out / name).is_file(), name
     assert result["epochs"] == 1
     state = load_checkpoint(out / "last.pt", "classifier")
-    assert state["epoch"] == 0 and state["phase"] == "frozen" and state["input_size"] == 32
+    assert state["epoch"] == 0 and state["phase"] == "frozen"
+    assert state["preprocessing"]["crop"]["size"] == 32
     assert "optimizer" not in load_checkpoint(out / "best.pt", "classifier")
 
     # Resuming for a second epoch equals training two epochs straight (phase restored, seeded).

@@ -79,3 +79,27 @@ def test_parse_overrides_reads_yaml_values_and_drops_the_prefix() -> None:
         "min_size": 640, "box_from_mask": False, "anchor_sizes": [8, 16]}
     with pytest.raises(ValueError, match="key=value"):
         parse_overrides(["min_size"])
+
+
+def test_yaml_names_a_base_file(tmp_path) -> None:
+    (tmp_path / "base.yaml").write_text("train:\n  epochs: 7\n  lr: 0.5\nmodel:\n  min_size: 320\n")
+    (tmp_path / "child.yaml").write_text("_base_: base.yaml\ntrain:\n  lr: 0.25\n")
+    cfg = load_config(SegConfig, tmp_path / "child.yaml", ["train.seed=3"])
+    assert (cfg.train.epochs, cfg.train.lr, cfg.train.seed, cfg.model.min_size) == (7, 0.25, 3, 320)
+    (tmp_path / "loop.yaml").write_text("_base_: loop.yaml\n")
+    with pytest.raises(ValueError, match="names itself as a base"):
+        load_config(SegConfig, tmp_path / "loop.yaml")
+    (tmp_path / "orphan.yaml").write_text("_base_: missing.yaml\n")
+    with pytest.raises(FileNotFoundError, match="missing.yaml"):
+        load_config(SegConfig, tmp_path / "orphan.yaml")
+
+
+def test_dataclass_defaults_are_the_documented_recipe() -> None:
+    """configs/cls_default.yaml and seg_default.yaml add nothing to the defaults (docs/RESULTS.md)."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "configs"
+    assert load_config(ClsConfig, root / "cls_default.yaml") == ClsConfig()
+    assert load_config(SegConfig, root / "seg_default.yaml") == SegConfig()
+    cls = ClsConfig()
+    assert (cls.crop.size, cls.train.lr, cls.train.frozen_epochs, cls.train.batch_size) == (96, 1e-3, 2, 32)

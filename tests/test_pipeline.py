@@ -14,7 +14,7 @@ from headseg import Head, HeadwearPipeline, ImageResult
 from headseg.classification import build_classifier, classifier_checkpoint
 from headseg.config import ClsConfig, SegConfig, load_config
 from headseg.segmentation import build_segmenter, segmenter_checkpoint
-from headseg.training import save_checkpoint
+from headseg.engine import save_checkpoint
 from tests.conftest import TINY_SEG
 from tools import predict
 
@@ -335,24 +335,96 @@ def test_classifier_batchnorm_folding_keeps_outputs(checkpoints: tuple[Path, Pat
             return x if x.sum() > 0 else -x  # data-dependent branch
 
     untraceable = Untraceable()
-    assert _fold_batchnorm(untraceable) is untraceable
+    assert _fold_batchnorm(untraceable) is not untraceable
+
+
+def test_unfoldable_classifier_is_copied_not_changed() -> None:
+    """The fallback for a model torch.fx cannot trace still works on a copy."""
+    from headseg.pipeline import _fold_batchnorm
+
+    class Untraceable(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv, self.bn = torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = self.bn(self.conv(x))
+            return y if y.sum() > 0 else -y  # data-dependent branch
+
+    model = Untraceable().train()
+    folded = _fold_batchnorm(model)
+    assert folded is not model and not folded.training
+    assert model.training and model.bn.training  # the caller's model keeps its mode
+    folded.to(memory_format=torch.channels_last)
+    assert model.conv.weight.is_contiguous()  # ... and its layout
+
+
+def test_score_threshold_defaults_to_the_checkpoints_own(checkpoints: tuple[Path, Path]) -> None:
+    pipe = HeadwearPipeline.from_checkpoint(*checkpoints, device="cpu", seg_overrides={"box_score_thresh": 0.3})
+    assert pipe.score_thresh == pytest.approx(0.3) and pipe.segmenter.roi_heads.score_thresh == pytest.approx(0.3)
+    assert HeadwearPipeline.from_checkpoint(*checkpoints, device="cpu").score_thresh == pytest.approx(0.05)
+    assert HeadwearPipeline.from_checkpoint(*checkpoints, device="cpu", score_thresh=0.7).score_thresh == 0.7
+    with pytest.raises(ValueError, match="score_thresh"):
+        pipe.score_thresh = 2.0
+
+
+def test_constructor_takes_loaded_bundles(checkpoints: tuple[Path, Path]) -> None:
+    from headseg import Classifier, Segmenter
+
+    seg, clf = Segmenter.load(checkpoints[0]), Classifier.load(checkpoints[1])
+    pipe = HeadwearPipeline(seg, clf, score_thresh=0.0)
+    assert pipe.class_names == CLASSES and pipe.preprocessing.input_size == 32
+    with pytest.raises(TypeError, match="Segmenter.load"):
+        HeadwearPipeline(seg.model, clf.model)  # the loose models of the old constructor
+
+
+def test_result_array_views_and_filtering(pipe: HeadwearPipeline) -> None:
+    result = pipe(_image(0))
+    n, (h, w) = len(result), result.image_size
+    assert n > 1
+    assert result.boxes.shape == (n, 4) and result.boxes.dtype == np.float32
+    assert result.scores.shape == (n,) and result.label_probs.shape == (n,)
+    assert result.masks.shape == (n, h, w) and result.masks.dtype == bool
+    assert list(result.labels) == [hd.label for hd in result.heads]
+    top = result[result.scores >= np.median(result.scores)]
+    assert isinstance(top, ImageResult) and 0 < len(top) < n + 1 and top.image_size == (h, w)
+    assert len(result[0]) == 1 and len(result[:2]) == 2 and len(result[[0, 1]]) == 2
+    assert len(result.filter(min_score=1.1)) == 0 and len(result.filter()) == n
+    label = result.heads[0].label
+    assert all(hd.label == label for hd in result.filter(labels=[label]).heads)
+    empty = result[np.zeros(n, bool)]
+    assert empty.boxes.shape == (0, 4) and empty.masks.shape == (0, h, w)
+    with pytest.raises(ValueError, match="boolean index"):
+        result[np.ones(n + 1, bool)]
+
+
+def test_label_colours_are_distinct_per_class() -> None:
+    from headseg.pipeline import label_color
+
+    for names in (["with_mask", "without_mask", "mask_weared_incorrect"], ["helmet", "head"],
+                  ["bare", "hard_hat", "cap", "beanie", "hood", "turban", "hijab"]):
+        assert len({label_color(n, names) for n in names}) == len(names), names
+
+
+def test_bundled_checkpoints_load_weights_only() -> None:
+    from headseg.pipeline import ASSETS
+
+    for name in ("segmenter.pt", "classifier.pt"):
+        state = torch.load(ASSETS / name, map_location="cpu", weights_only=True)
+        assert state["kind"].startswith("headseg-")
 
 
 def test_stage_one_equals_the_plain_segmenter(checkpoints: tuple[Path, Path]) -> None:
     """Folded BatchNorm, channels-last and batched pasting change no detection."""
     from torchvision.ops import FrozenBatchNorm2d
 
-    from headseg.classification import load_classifier, preprocessing_from_checkpoint
-    from headseg.segmentation import load_segmenter
-    from headseg.training import load_checkpoint
+    from headseg.classification import Classifier
+    from headseg.segmentation import Segmenter
 
-    segmenter, seg_cfg, _ = load_segmenter(checkpoints[0])
+    seg = Segmenter.load(checkpoints[0])
+    segmenter = seg.model
     segmenter.roi_heads.score_thresh = 0.0
-    state = load_checkpoint(checkpoints[1], "classifier")
-    classifier, cls_cfg, names = load_classifier(state)
-    pre = preprocessing_from_checkpoint(state)
-    pipe = HeadwearPipeline(segmenter, classifier, seg_cfg, cls_cfg, names, pre.mean, pre.std,
-                            score_thresh=0.0)
+    pipe = HeadwearPipeline(seg, Classifier.load(checkpoints[1]), score_thresh=0.0)
     assert any(isinstance(m, FrozenBatchNorm2d) for m in segmenter.modules())  # the caller's model is kept
     images = [torch.from_numpy(_image(seed)).permute(2, 0, 1).float() / 255 for seed in range(2)]
     with torch.inference_mode():

@@ -21,7 +21,7 @@ from PIL import Image
 
 from headseg.data import load_coco
 from headseg.io import atomic_write, read_image, write_json
-from headseg.training import check_output_dir, load_checkpoint
+from headseg.engine import check_output_dir, load_checkpoint
 from tests.conftest import TINY_SEG
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -98,7 +98,7 @@ def test_predict_tool_on_bad_inputs(tmp_path: Path, photo: np.ndarray) -> None:
     from headseg.classification import build_classifier, classifier_checkpoint
     from headseg.config import ClsConfig, SegConfig, load_config
     from headseg.segmentation import build_segmenter, segmenter_checkpoint
-    from headseg.training import save_checkpoint
+    from headseg.engine import save_checkpoint
 
     seg_cfg = load_config(SegConfig, None, [s for s in TINY_SEG if s.startswith("model.")])
     cls_cfg = load_config(ClsConfig, None, ["model.weights=none", "crop.size=32"])
@@ -141,7 +141,7 @@ def test_pipeline_survives_one_pixel_and_large_images(tmp_path: Path) -> None:
     from headseg.classification import build_classifier, classifier_checkpoint
     from headseg.config import ClsConfig, SegConfig, load_config
     from headseg.segmentation import build_segmenter, segmenter_checkpoint
-    from headseg.training import save_checkpoint
+    from headseg.engine import save_checkpoint
 
     seg_cfg = load_config(SegConfig, None, [s for s in TINY_SEG if s.startswith("model.")])
     cls_cfg = load_config(ClsConfig, None, ["model.weights=none", "crop.size=32"])
@@ -209,12 +209,12 @@ def test_interrupted_write_keeps_the_previous_file(tmp_path: Path) -> None:
 
 def test_sigkill_during_checkpoint_write(tmp_path: Path) -> None:
     """A process killed while writing a large checkpoint leaves the old one loadable."""
-    from headseg.training import save_checkpoint
+    from headseg.engine import save_checkpoint
 
     path = tmp_path / "last.pt"
     save_checkpoint(path, {"kind": "headseg-segmenter", "epoch": 0})
     code = (f"import torch, sys; sys.path.insert(0, {str(ROOT)!r});"
-            "from headseg.training import save_checkpoint;"
+            "from headseg.engine import save_checkpoint;"
             f"save_checkpoint({str(path)!r}, {{'kind': 'headseg-segmenter', 'epoch': 1,"
             "'model': {'w': torch.zeros(300_000_000, dtype=torch.uint8)}})")
     proc = subprocess.Popen([sys.executable, "-c", code])

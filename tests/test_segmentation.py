@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from headseg.config import SegConfig, SegModelConfig, load_config
+from headseg.config import SegModelConfig
 from headseg.segmentation import build_segmenter, load_segmenter
-from headseg.training import NonFiniteLossError, check_output_dir, load_checkpoint
+from headseg.engine import NonFiniteLossError, check_output_dir, load_checkpoint
 from headseg.weights import INSTALL_COMMAND, load_imagenet_state_dict
 from tests.conftest import TINY_SEG
 from tools import eval_seg, train_seg
@@ -97,7 +97,7 @@ def test_attire_categories_option(synthetic_data: dict, tmp_path: Path) -> None:
 
 def test_resumed_run_matches_uninterrupted(synthetic_data: dict, tmp_path: Path,
                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    import headseg.segmentation as seg
+    import headseg.engine as seg
 
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     train_seg.main(train_seg.parse_args(_train_args(synthetic_data, straight, "train.epochs=2")))
@@ -237,3 +237,43 @@ def test_folding_frozen_batchnorm_keeps_backbone_outputs(arch: str) -> None:
     for level in want:
         scale = want[level].abs().max()
         assert (got[level] - want[level]).abs().max() <= 1e-4 * scale, level
+
+
+def test_evaluation_matches_classes_by_name_not_position(synthetic_data: dict, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """An evaluation file with the same names under other ids must not swap classes."""
+    import headseg.segmentation as seg
+    from headseg.data import load_coco
+    from headseg.segmentation import Detections, evaluate_segmenter
+
+    data = json.loads(Path(synthetic_data["val"]).read_text())
+    train_names = [c["name"] for c in sorted(data["categories"], key=lambda c: c["id"])]
+    # The same categories, numbered backwards: the i-th name by id is now another class.
+    new_id = {c["id"]: len(data["categories"]) - i for i, c in enumerate(data["categories"])}
+    data["categories"] = [{**c, "id": new_id[c["id"]]} for c in data["categories"]]
+    data["annotations"] = [{**a, "category_id": new_id[a["category_id"]]} for a in data["annotations"]]
+    path = Path(synthetic_data["val"]).with_name("val_renumbered.json")
+    path.write_text(json.dumps(data))
+    coco = load_coco(path)
+    name_of = dict(coco.categories)
+
+    def perfect(model, images, box_from_mask, mask_thresh=0.5, amp=False):
+        """The ground truth itself, labelled with the model's own class order."""
+        out = []
+        for image in images:
+            image_id = next(ids)
+            anns = [a for a in coco.annotations[image_id] if not a.get("iscrowd", 0)]
+            boxes = torch.tensor([[x, y, x + w, y + h] for x, y, w, h in (a["bbox"] for a in anns)]).reshape(-1, 4)
+            masks = torch.zeros((len(anns), *image.shape[-2:]), dtype=torch.bool)
+            for m, (x0, y0, x1, y1) in zip(masks, boxes.round().int().tolist()):
+                m[y0:y1, x0:x1] = True
+            labels = torch.tensor([train_names.index(name_of[a["category_id"]]) + 1 for a in anns])
+            out.append(Detections(boxes.float(), torch.ones(len(anns)), labels.long(), masks))
+        return out
+
+    ids = iter(coco.image_ids)
+    monkeypatch.setattr(seg, "detect", perfect)
+    metrics, _ = evaluate_segmenter(torch.nn.Identity(), coco, torch.device("cpu"), train_names, progress=False)
+    assert metrics["bbox/AP50"] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="not categories of"):
+        evaluate_segmenter(torch.nn.Identity(), coco, torch.device("cpu"), ["helmet"], progress=False)

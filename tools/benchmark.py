@@ -108,9 +108,10 @@ def _run(system: str, args: argparse.Namespace, queue: mp.Queue) -> None:
     device = torch.device(args.device)
     seg, cls = args.seg or ASSETS / "segmenter.pt", args.cls or ASSETS / "classifier.pt"
     overrides = parse_overrides(args.seg_set)
-    pipe = HeadwearPipeline.from_checkpoint(seg, cls, device, batch_size=args.batch_size,
-                                            seg_overrides=overrides if system in ("headseg", "backbone")
-                                            else None)
+    # The pipeline's service threshold, as for every number in docs/PERFORMANCE.md (a checkpoint's
+    # own box_score_thresh is COCO evaluation's 0.05).
+    pipe = HeadwearPipeline.from_checkpoint(seg, cls, device, score_thresh=0.5, batch_size=args.batch_size,
+                                            seg_overrides=overrides if system in ("headseg", "backbone") else None)
     images = _load_images(args)
     timings = {"seg": 0.0, "cls": 0.0}
 

@@ -25,22 +25,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from headseg.classification import (  # noqa: E402
-    CropIndexDataset,
-    load_classifier,
-    plot_worst_mistakes,
-    predict_index,
-    preprocessing_from_checkpoint,
-)
+from headseg.classification import Classifier, predict_index  # noqa: E402
+from headseg.crop_sets import CropIndexDataset  # noqa: E402
 from headseg.evaluation import (  # noqa: E402
     classification_metrics,
     confusion_matrix,
     format_metrics_table,
     plot_confusion_matrix,
+    plot_worst_mistakes,
     write_confusion_csv,
 )
 from headseg.io import write_json, write_text  # noqa: E402
-from headseg.training import load_checkpoint  # noqa: E402
 from tools._cli import run  # noqa: E402
 
 
@@ -59,9 +54,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(args: argparse.Namespace) -> dict[str, float]:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    state = load_checkpoint(args.checkpoint, "classifier")
-    model, _, names = load_classifier(state, args.device)
-    result = predict_index(model, args.index, names, preprocessing_from_checkpoint(state), args.device,
+    clf = Classifier.load(args.checkpoint, args.device)
+    names = clf.class_names
+    result = predict_index(clf.model, args.index, names, clf.preprocessing, args.device,
                            args.batch_size, progress=not args.no_progress)
     pred = result.probs.argmax(1) if len(result.probs) else result.labels
     metrics = {**classification_metrics(result.labels, pred, names), "num_crops": float(len(pred))}

@@ -119,7 +119,7 @@ def main(args: argparse.Namespace) -> dict[str, float]:
         model, single_cfg, names = load_segmenter(args.single_stage, args.device, **seg_overrides)
         if sorted(names) != sorted(category_ids):
             raise ValueError(f"--single-stage model classes {names} differ from {sorted(category_ids)}")
-        _, results = evaluate_segmenter(model, coco, args.device, class_agnostic=False,
+        _, results = evaluate_segmenter(model, coco, args.device, names,
                                         box_from_mask=single_cfg.model.box_from_mask)
         report.update({f"single_stage/{k}": v for k, v in
                        _score(coco, results, results, op_thresh["single_stage"]).items()})

@@ -9,8 +9,8 @@ Examples:
         --out runs/seg_hardhat/test_metrics.json
     python tools/eval_seg.py best.pt my/val.json --set min_size=640   # an inference setting
 
-A segmenter trained with its attire categories is scored per category; a ``head`` one
-class-agnostically.
+A segmenter trained with its attire categories is scored per category, its classes matched to
+the file's categories by name; a ``head`` one class-agnostically.
 """
 
 from __future__ import annotations
@@ -47,8 +47,7 @@ def main(args: argparse.Namespace) -> dict[str, float]:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     model, cfg, class_names = load_segmenter(args.checkpoint, args.device, **parse_overrides(args.set))
     coco = load_coco(args.annotations, args.image_root)
-    agnostic = class_names == ["head"]
-    metrics, results = evaluate_segmenter(model, coco, args.device, class_agnostic=agnostic,
+    metrics, results = evaluate_segmenter(model, coco, args.device, class_names,
                                           derived_mask=cfg.data.derived_mask,
                                           box_from_mask=cfg.model.box_from_mask)
     print(format_metrics_table(metrics))

@@ -8,13 +8,14 @@ source, counts). Crop paths in the index are relative to ``OUT``.
 ``--from gt`` cuts every non-crowd annotation with its mask. With box-only data (the shared
 facemask and hardhat sets) the masks are DERIVED from the boxes (inscribed ellipses, see
 ``headseg.data.box_to_polygon``), not drawn by hand; ``crops.json`` records ``derived_masks``.
-``--from pred`` cuts the heads a trained segmenter finds above ``--score-thresh``; each takes the
+``--from pred`` cuts the heads a trained segmenter finds above ``--score-thresh``, exactly as the
+pipeline finds them (same boxes, masks and mask threshold); each takes the
 category of the ground-truth head it overlaps best if that box IoU is >= ``--iou-thresh``, the
 others are dropped or, with ``--background``, kept as class ``background``.
 
-Default recipe (the ``crop`` section of configs/cls_default.yaml): square of the box's longer
-side plus 15 % padding each side, grey 114 outside the mask, 96 px. Without ``--config`` the
-headseg/config.py defaults apply (128 px); the crop rules must match the classifier's config.
+Default recipe (headseg/config.py ``CropConfig``, what configs/cls_default.yaml uses): square of
+the box's longer side plus 15 % padding each side, grey 114 outside the mask, 96 px. The
+classifier trains with the rules recorded in the crop set's ``crops.json``.
 
 Examples:
     python tools/make_crops.py --coco work_data/hardhat/train.json --out work_data/crops_hardhat/train \\
@@ -34,10 +35,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from headseg.classification import make_crop_set  # noqa: E402
 from headseg.config import ClsConfig, load_config  # noqa: E402
+from headseg.crop_sets import make_crop_set  # noqa: E402
 from headseg.data import load_coco  # noqa: E402
-from headseg.segmentation import load_segmenter  # noqa: E402
+from headseg.segmentation import Segmenter  # noqa: E402
 from tools._cli import run  # noqa: E402
 
 
@@ -69,7 +70,7 @@ def main(args: argparse.Namespace) -> Path:
         raise ValueError(f"--from {args.source} with --segmenter {args.segmenter}; --from pred needs "
                          "--segmenter best.pt, --from gt takes none")
     coco = load_coco(args.coco, args.image_root)
-    segmenter = load_segmenter(args.segmenter, args.device)[0] if args.segmenter else None
+    segmenter = Segmenter.load(args.segmenter, args.device) if args.segmenter else None
     index = make_crop_set(coco, args.out, crop, segmenter, args.score_thresh, args.iou_thresh,
                           args.background, args.device, progress=not args.no_progress)
     rows = index.read_text().count("\n") - 1

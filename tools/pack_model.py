@@ -25,12 +25,12 @@ import torch  # noqa: E402
 
 from headseg.config import parse_overrides  # noqa: E402
 from headseg.segmentation import INFERENCE_FIELDS, with_inference_overrides  # noqa: E402
-from headseg.training import save_checkpoint  # noqa: E402
+from headseg.engine import save_checkpoint  # noqa: E402
 from tools._cli import run  # noqa: E402
 
 # Everything a checkpoint needs at inference; optimizer, scheduler and RNG states are dropped.
-KEEP = ("kind", "version", "model", "config", "class_names", "epoch", "metrics", "input_size",
-        "mean", "std", "crop")
+KEEP = ("kind", "version", "model", "config", "class_names", "epoch", "metrics", "preprocessing",
+        "input_size", "mean", "std", "crop")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -45,7 +45,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(args: argparse.Namespace) -> Path:
-    state = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
+    try:
+        state = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types for a damaged or unsafe file
+        raise ValueError(f"{args.checkpoint} cannot be read as a checkpoint ({type(e).__name__}: {e})") from None
     if not isinstance(state, dict) or not str(state.get("kind", "")).startswith("headseg-"):
         raise ValueError(f"{args.checkpoint} is not a headseg checkpoint")
     packed = {k: v for k, v in state.items() if k in KEEP}

@@ -1,0 +1,250 @@
+"""Crop sets, the attire classifier's data: one masked square crop per head, on disk.
+
+``COCO (+ segmenter) -> crop set -> classifier``: :func:`make_crop_set` cuts one crop per head
+(:func:`headseg.crops.crop_head`) from ground-truth annotations or from a segmenter's heads and
+writes ``crops/*.png`` plus ``index.csv`` (columns ``crop, label, image_id, ann_id,
+source_image, source[, score, iou]``), ``classes.txt`` (class names in order) and
+``crops.json`` (the crop rules and where the masks came from). With box-only data such as the
+shared real sets, the masks are *derived* from the boxes (inscribed ellipses), never drawn by
+hand, and ``crops.json`` says so. :class:`CropIndexDataset` reads a crop set back;
+:func:`crop_rules` gives the rules it was cut with, which training adopts.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+from torchvision.ops import box_iou
+from tqdm import tqdm
+
+from headseg.config import CropConfig, from_dict, to_dict
+from headseg.crops import crop_head
+from headseg.data import CocoHeads, annotation_mask
+from headseg.engine import check_output_dir
+from headseg.io import read_image, write_json, write_text
+from headseg.segmentation import Segmenter
+
+log = logging.getLogger(__name__)
+
+INDEX_COLUMNS = ("crop", "label", "image_id", "ann_id", "source_image", "source")
+PRED_COLUMNS = ("score", "iou")
+BACKGROUND = "background"  # class of predicted heads that match no ground-truth head
+
+
+def _rgb_to_png(path: Path, crop: np.ndarray) -> None:
+    ok, png = cv2.imencode(".png", cv2.cvtColor(crop, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise OSError(f"OpenCV could not encode {path} as PNG")
+    path.write_bytes(png.tobytes())
+
+
+def _xyxy(box_xywh: Sequence[float]) -> list[float]:
+    x, y, w, h = box_xywh
+    return [x, y, x + w, y + h]
+
+
+def _predicted_heads(segmenter: Segmenter, image: np.ndarray, anns: list[dict[str, Any]],
+                     class_of: dict[int, str], score_thresh: float, iou_thresh: float,
+                     device: torch.device) -> list[dict[str, Any]]:
+    """Segmenter heads above ``score_thresh``, each labelled by its best-IoU ground-truth head.
+
+    The heads are the pipeline's (:meth:`Segmenter.detect`): same boxes, masks and threshold.
+    """
+    tensor = torch.from_numpy(image).permute(2, 0, 1).float().div(255).to(device)
+    det = segmenter.detect([tensor])[0]
+    keep = det.scores >= score_thresh
+    boxes, scores, masks = det.boxes[keep].cpu(), det.scores[keep].cpu(), det.masks[keep].cpu().numpy()
+    gt = torch.tensor([_xyxy(a["bbox"]) for a in anns], dtype=torch.float32).reshape(-1, 4)
+    ious = box_iou(boxes, gt) if len(gt) and len(boxes) else torch.zeros((len(boxes), len(gt)))
+    heads = []
+    for i in range(len(boxes)):
+        best = int(ious[i].argmax()) if len(gt) else -1
+        iou = float(ious[i, best]) if best >= 0 else 0.0
+        # Several predictions may match one head: each is still a crop of that head's attire.
+        matched = best >= 0 and iou >= iou_thresh
+        heads.append({"box": boxes[i].tolist(), "mask": masks[i], "score": float(scores[i]), "iou": iou,
+                      "ann_id": anns[best]["id"] if matched else "",
+                      "label": class_of[anns[best]["category_id"]] if matched else BACKGROUND})
+    return heads
+
+
+def make_crop_set(coco: CocoHeads, out_dir: str | Path, crop: CropConfig, segmenter: Segmenter | None = None,
+                  score_thresh: float = 0.5, iou_thresh: float = 0.5, background: bool = False,
+                  device: str | torch.device = "cpu", progress: bool = True) -> Path:
+    """Cut one crop per head and write ``out_dir/crops/*.png``, ``index.csv``, ``classes.txt``, ``crops.json``.
+
+    Args:
+        coco: Ground truth. Box-only annotations get derived masks (``coco.derived_masks`` shape,
+            else an inscribed ellipse) and ``crops.json`` records ``derived_masks``.
+        out_dir: Output folder.
+        crop: Crop rules (size, padding, fill, fill_value), as in the classifier config.
+        segmenter: None for ground-truth crops (every non-crowd annotation); else a loaded
+            segmenter whose heads, as the pipeline finds them, are cut instead.
+        score_thresh: Predictions scoring below are ignored.
+        iou_thresh: A prediction takes the category of its highest box-IoU ground-truth head
+            when that IoU reaches this value.
+        background: Keep unmatched predictions as class ``background``; otherwise drop them.
+        device: Where the segmenter runs.
+        progress: Show a tqdm bar.
+
+    Returns:
+        Path of ``index.csv``; ``crop`` paths in it are relative to its folder.
+    """
+    out_dir = check_output_dir(out_dir)
+    (out_dir / "crops").mkdir(exist_ok=True)
+    class_of = dict(coco.categories)
+    derived = coco.derived_masks or "ellipse"
+    pred = segmenter is not None
+    rows: list[dict[str, Any]] = []
+    skipped: Counter[str] = Counter()
+    for image_id in tqdm(coco.image_ids, desc="crops", disable=not progress):
+        anns = [a for a in coco.annotations[image_id] if not a.get("iscrowd", 0)]
+        if not anns and not (pred and background):
+            continue
+        image = read_image(coco.image_path(image_id))
+        h, w = image.shape[:2]
+        if pred:
+            heads = _predicted_heads(segmenter, image, anns, class_of, score_thresh, iou_thresh,
+                                     torch.device(device))
+        else:
+            heads = [{"box": _xyxy(a["bbox"]),
+                      "mask": annotation_mask(a, h, w, derived), "ann_id": a["id"],
+                      "label": class_of[a["category_id"]]} for a in anns]
+        for k, head in enumerate(heads):
+            if head["label"] == BACKGROUND and not background:
+                skipped["unmatched"] += 1
+                continue
+            if crop.fill != "none" and not head["mask"].any():
+                skipped["empty mask"] += 1  # nothing to cut: the segmenter found no head pixel
+                continue
+            name = f"crops/{image_id}_{'p' if pred else 'a'}{k if pred else head['ann_id']}.png"
+            _rgb_to_png(out_dir / name, crop_head(image, head["mask"], head["box"], crop.size, crop.padding,
+                                                  crop.fill, crop.fill_value))
+            row = {"crop": name, "label": head["label"], "image_id": image_id, "ann_id": head["ann_id"],
+                   "source_image": coco.images[image_id]["file_name"], "source": "pred" if pred else "gt"}
+            if pred:
+                row.update(score=round(head["score"], 4), iou=round(head["iou"], 4))
+            rows.append(row)
+    if skipped:
+        log.info("skipped predicted heads: %s", dict(skipped))
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=INDEX_COLUMNS + (PRED_COLUMNS if pred else ()), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    names = coco.class_names + ([BACKGROUND] if pred and background else [])
+    write_text(out_dir / "classes.txt", "\n".join(names) + "\n")
+    write_json(out_dir / "crops.json", {"coco": str(coco.path), "source": "pred" if pred else "gt",
+                                        "crop": to_dict(crop), "derived_masks": coco.derived_masks,
+                                        "score_thresh": score_thresh if pred else None,
+                                        "iou_thresh": iou_thresh if pred else None, "num_crops": len(rows),
+                                        "labels": dict(Counter(r["label"] for r in rows))})
+    return write_text(out_dir / "index.csv", buf.getvalue())
+
+
+def read_class_names(index_csv: str | Path) -> list[str]:
+    """Class names of a crop set: ``classes.txt`` beside the index, else the sorted labels in it."""
+    index_csv = Path(index_csv)
+    classes = index_csv.parent / "classes.txt"
+    if classes.is_file():
+        return [line.strip() for line in classes.read_text().splitlines() if line.strip()]
+    return sorted({r["label"] for r in _read_index(index_csv)})
+
+
+def crop_rules(index_csv: str | Path) -> CropConfig | None:
+    """The crop rules a crop set was cut with (its ``crops.json``); None without that file."""
+    meta_path = Path(index_csv).parent / "crops.json"
+    if not meta_path.is_file():
+        return None
+    try:
+        return from_dict(CropConfig, json.loads(meta_path.read_text())["crop"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{meta_path} does not hold crop rules ({e}); remake the crop set with "
+                         "tools/make_crops.py") from None
+
+
+def check_crop_rules(index_csv: str | Path, crop: CropConfig) -> None:
+    """Refuse crops cut with other rules than ``crop`` (the rules a checkpoint records).
+
+    Raises:
+        ValueError: ``crops.json`` beside the index names different size/padding/fill/fill_value.
+    """
+    cut = crop_rules(index_csv)
+    if cut is None:
+        log.warning("%s has no crops.json; cannot check that its crops follow %s", index_csv, crop)
+        return
+    diff = {k: (v, getattr(crop, k)) for k, v in to_dict(cut).items() if getattr(crop, k) != v}
+    if diff:
+        sets = " ".join(f"crop.{k}={v[0]}" for k, v in diff.items())
+        raise ValueError(f"crops of {index_csv} were cut with {to_dict(cut)}, but {to_dict(crop)} are "
+                         f"expected (differing: {diff}); pass --set {sets}, or remake the crops with "
+                         "these rules")
+
+
+def _read_index(index_csv: Path) -> list[dict[str, str]]:
+    if not index_csv.is_file():
+        raise FileNotFoundError(f"crop index {index_csv} does not exist; write it with tools/make_crops.py")
+    with index_csv.open(newline="") as f:
+        reader = csv.DictReader(f)
+        missing = [c for c in ("crop", "label") if c not in (reader.fieldnames or [])]
+        if missing:
+            raise ValueError(f"{index_csv} lacks columns {missing} (has {reader.fieldnames}); expected the "
+                             f"index written by tools/make_crops.py with columns {INDEX_COLUMNS}")
+        return list(reader)
+
+
+
+class CropIndexDataset(torch.utils.data.Dataset):
+    """Crops listed in an ``index.csv`` as ``(crop, label)`` pairs.
+
+    Each item is a float32 ``(3, S, S)`` RGB tensor in ``[0, 1]`` (``transform`` gets the uint8
+    tensor; its output is scaled to [0, 1] if still uint8) and the label's index in ``class_names``.
+    """
+
+    def __init__(self, index_csv: str | Path, class_names: Sequence[str], transform: Any = None) -> None:
+        self.index_csv = Path(index_csv)
+        self.root = self.index_csv.parent
+        self.rows = _read_index(self.index_csv)
+        self.class_names = list(class_names)
+        lookup = {n: i for i, n in enumerate(self.class_names)}
+        unknown = sorted({r["label"] for r in self.rows} - set(lookup))
+        if unknown:
+            raise ValueError(f"{self.index_csv} has labels {unknown} that are not among the classes "
+                             f"{self.class_names}; use crops of the same data set, or drop those rows")
+        self.labels = [lookup[r["label"]] for r in self.rows]
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def path(self, i: int) -> Path:
+        return self.root / self.rows[i]["crop"]
+
+    def image(self, i: int) -> np.ndarray:
+        """Crop ``i`` as ``(S, S, 3)`` uint8 RGB."""
+        bgr = cv2.imread(str(self.path(i)), cv2.IMREAD_COLOR)
+        if bgr is None:
+            raise FileNotFoundError(f"crop {self.path(i)} (row {i + 2} of {self.index_csv}) is missing or "
+                                    "not an image; remake the crop set with tools/make_crops.py")
+        return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        x = torch.from_numpy(self.image(i)).permute(2, 0, 1).contiguous()
+        if self.transform is not None:
+            x = self.transform(x)
+        if x.dtype == torch.uint8:
+            x = x.float() / 255.0
+        return x, self.labels[i]
+
+    def class_counts(self) -> list[int]:
+        counts = Counter(self.labels)
+        return [counts.get(i, 0) for i in range(len(self.class_names))]

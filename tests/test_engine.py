@@ -1,0 +1,133 @@
+"""The training engine both stages share: best-checkpoint choice, run folders, loss checks, RNG."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from headseg.engine import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from tests.conftest import TINY_SEG
+from tools import train_seg
+
+
+def _seg_args(data: dict, out: Path, *extra: str, val: bool = True) -> list[str]:
+    val_set = [f"data.val_json={data['val']}"] if val else []
+    return ["--out", str(out), "--no-progress", "--set", *TINY_SEG, f"data.train_json={data['train']}",
+            *val_set, *extra]
+
+
+def test_without_val_the_first_epoch_is_best(synthetic_data: dict, tmp_path: Path) -> None:
+    # The first epoch's training loss is well above 1; best.pt must not wait for it to drop.
+    out = tmp_path / "noval"
+    train_seg.main(train_seg.parse_args(_seg_args(synthetic_data, out, val=False)))
+    assert (out / "best.pt").is_file()
+    assert load_checkpoint(out / "best.pt", "segmenter")["best"] < -1.0
+
+
+def test_misspelt_select_metric_is_an_error(synthetic_data: dict, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="did you mean .*'bbox/AP50'"):
+        train_seg.main(train_seg.parse_args(_seg_args(synthetic_data, tmp_path / "x",
+                                                      "train.select_metric=bbox/AP5O")))
+
+
+def test_fresh_run_in_an_old_folder_starts_a_fresh_log(synthetic_data: dict, tmp_path: Path) -> None:
+    out = tmp_path / "again"
+    for _ in range(2):
+        train_seg.main(train_seg.parse_args(_seg_args(synthetic_data, out, val=False)))
+    with (out / "metrics.csv").open() as f:
+        assert [row["epoch"] for row in csv.DictReader(f)] == ["0"]
+
+
+def test_rng_state_holds_the_cuda_generators(monkeypatch: pytest.MonkeyPatch) -> None:
+    restored = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: [torch.full((4,), 7, dtype=torch.uint8)])
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", restored.append)
+    state = rng_state()
+    assert torch.equal(state["cuda"][0], torch.full((4,), 7, dtype=torch.uint8))
+    set_rng_state(state)
+    assert len(restored) == 1 and torch.equal(restored[0][0], state["cuda"][0])
+
+
+def test_rng_state_round_trips_and_loads_weights_only(tmp_path: Path) -> None:
+    import random
+
+    import numpy as np
+
+    state = rng_state()
+    expected = (random.random(), np.random.rand(), torch.rand(1))
+    save_checkpoint(tmp_path / "s.pt", {"rng": state})
+    set_rng_state(torch.load(tmp_path / "s.pt", weights_only=True)["rng"])
+    assert (random.random(), np.random.rand()) == expected[:2] and torch.equal(torch.rand(1), expected[2])
+
+
+def test_wrong_kind_names_the_right_tool(tmp_path: Path) -> None:
+    save_checkpoint(tmp_path / "seg.pt", {"kind": "headseg-segmenter"})
+    with pytest.raises(ValueError, match=r"tools/train_cls\.py"):
+        load_checkpoint(tmp_path / "seg.pt", "classifier")
+    save_checkpoint(tmp_path / "cls.pt", {"kind": "headseg-classifier"})
+    with pytest.raises(ValueError, match=r"tools/train_seg\.py"):
+        load_checkpoint(tmp_path / "cls.pt", "segmenter")
+
+
+class _Pickled:
+    """Not a tensor or plain value: weights_only loading refuses it."""
+
+
+def test_inference_loading_is_weights_only(tmp_path: Path) -> None:
+    save_checkpoint(tmp_path / "x.pt", {"kind": "headseg-segmenter", "extra": _Pickled()})
+    with pytest.raises(ValueError, match="cannot be read"):
+        load_checkpoint(tmp_path / "x.pt", "segmenter")
+    assert isinstance(load_checkpoint(tmp_path / "x.pt", "segmenter", training_state=True)["extra"], _Pickled)
+
+
+_DDP_SCRIPT = """
+import os, sys
+import torch, torch.distributed as dist
+from torch import nn
+from headseg.engine import Distributed, NonFiniteLossError, train_one_epoch
+rank = int(sys.argv[1])
+dist.init_process_group("gloo", rank=rank, world_size=2)
+torch.manual_seed(0)
+model = nn.parallel.DistributedDataParallel(nn.Linear(2, 1))
+optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+step = [0]
+def losses(batch):
+    step[0] += 1
+    loss = model(batch).mean()
+    if rank == 1 and step[0] == 2:
+        loss = loss * float("nan")
+    return {"loss": loss}, len(batch)
+try:
+    train_one_epoch(model, [torch.ones(4, 2)] * 3, optimizer, losses, epoch=0, epochs=1, steps=3,
+                    distributed=Distributed(rank, 2, 0), progress=False)
+    print("finished")
+except NonFiniteLossError as error:
+    print("stopped:", error)
+"""
+
+
+def test_non_finite_loss_on_one_process_stops_every_process(tmp_path: Path) -> None:
+    from tests.test_segmentation import ROOT, _free_port
+
+    script = tmp_path / "ddp.py"
+    script.write_text(_DDP_SCRIPT)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "MASTER_ADDR": "127.0.0.1",
+           "MASTER_PORT": str(_free_port())}
+    procs = [subprocess.Popen([sys.executable, str(script), str(r)], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for r in range(2)]
+    try:
+        outs = [p.communicate(timeout=120) for p in procs]
+    except subprocess.TimeoutExpired:
+        for p in procs:
+            p.kill()
+        pytest.fail("a process hung after another one's loss became NaN")
+    for rank, (out, err) in enumerate(outs):
+        assert "stopped:" in out and "epoch 1, step 2" in out, (rank, out, err[-2000:])
+    assert "on this process" in outs[1][0] and "on this process" not in outs[0][0]
