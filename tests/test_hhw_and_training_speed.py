@@ -15,7 +15,7 @@ from datasets import prepare_hhw
 from headseg.config import SegConfig, load_config
 from headseg.data import load_coco
 from headseg.segmentation import autocast_settings, build_segmenter, train_segmenter
-from headseg.training import load_checkpoint
+from headseg.engine import load_checkpoint
 from tests.conftest import TINY_SEG
 from tools import bench_train
 

@@ -18,7 +18,7 @@ from headseg.events import EventLog, vote
 from headseg.segmentation import build_segmenter, segmenter_checkpoint
 from headseg.track_eval import SequenceTracks, tracking_metrics
 from headseg.tracking import ByteTracker, FrameResult, TrackedHead, Tracker, extrapolate_box
-from headseg.training import save_checkpoint
+from headseg.engine import save_checkpoint
 from headseg.video import Frame, VideoReader, track_frames
 from tests.conftest import TINY_SEG
 from tools import eval_video, track
