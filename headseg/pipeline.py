@@ -188,18 +188,35 @@ class ImageResult:
         out = image.copy()
         thickness = max(1, round(max(self.image_size) / 400))
         for h in self.heads:
-            color = label_color(h.label, list(h.probs))
-            out[h.mask] = (out[h.mask] * (1 - alpha) + np.array(color) * alpha).astype(np.uint8)
-            x0, y0, x1, y1 = (int(round(v)) for v in h.box_xyxy)
-            cv2.rectangle(out, (x0, y0), (x1, y1), color, thickness)
-            text = f"{h.label} {h.label_prob:.2f}"
-            scale = 0.35 * thickness
-            (tw, th), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
-            ty = y0 - 3 if y0 - th - 4 >= 0 else y1 + th + 3
-            cv2.rectangle(out, (x0, ty - th - 2), (x0 + tw + 2, ty + 2), color, -1)
-            cv2.putText(out, text, (x0 + 1, ty), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 1,
-                        cv2.LINE_AA)
+            draw_head(out, h.box_xyxy, f"{h.label} {h.label_prob:.2f}", label_color(h.label, list(h.probs)),
+                      thickness, h.mask, alpha)
         return out
+
+
+def draw_head(out: np.ndarray, box_xyxy: Sequence[float], text: str, color: tuple[int, int, int],
+              thickness: int, mask: np.ndarray | None = None, alpha: float = 0.45,
+              box_thickness: int | None = None) -> None:
+    """Draw one head on ``out`` in place: its mask blended in, its box, and a filled label.
+
+    Args:
+        out: ``(H, W, 3)`` uint8 RGB image, changed in place.
+        box_xyxy: Box in pixels.
+        text: The label, drawn above the box (below it at the top edge).
+        color: RGB of mask, box and label background.
+        thickness: Scale of box lines and text (grows with the image).
+        mask: ``(H, W)`` bool, or None to draw no mask.
+        alpha: Mask opacity.
+        box_thickness: Box line width; default ``thickness``.
+    """
+    if mask is not None:
+        out[mask] = (out[mask] * (1 - alpha) + np.array(color) * alpha).astype(np.uint8)
+    x0, y0, x1, y1 = (int(round(v)) for v in box_xyxy)
+    cv2.rectangle(out, (x0, y0), (x1, y1), color, box_thickness or thickness)
+    scale = 0.35 * thickness
+    (tw, th), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
+    ty = y0 - 3 if y0 - th - 4 >= 0 else y1 + th + 3
+    cv2.rectangle(out, (x0, ty - th - 2), (x0 + tw + 2, ty + 2), color, -1)
+    cv2.putText(out, text, (x0 + 1, ty), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 1, cv2.LINE_AA)
 
 
 # Ten colours that stay apart from each other (Sasha Trubetskoy's list of distinct colours).

@@ -12,10 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
-import cv2
 import numpy as np
 
-from headseg.pipeline import Head, label_color
+from headseg.pipeline import Head, draw_head, label_color
 
 Box = tuple[float, float, float, float]
 
@@ -201,18 +200,8 @@ class FrameResult:
         out = image.copy()
         thickness = max(1, round(max(self.image_size) / 400))
         for t in self.heads:
-            color = label_color(t.head.label)
-            if not t.carried:
-                m = t.head.mask
-                out[m] = (out[m] * (1 - alpha) + np.array(color) * alpha).astype(np.uint8)
-            x0, y0, x1, y1 = (int(round(v)) for v in t.box_xyxy)
-            cv2.rectangle(out, (x0, y0), (x1, y1), color, 1 if t.carried else thickness + 1)
-            text = ("#" + str(t.track_id) if t.track_id is not None else "#?") + \
-                f" {t.head.label} {t.head.label_prob:.2f}"
-            scale = 0.35 * thickness
-            (tw, th), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
-            ty = y0 - 3 if y0 - th - 4 >= 0 else y1 + th + 3
-            cv2.rectangle(out, (x0, ty - th - 2), (x0 + tw + 2, ty + 2), color, -1)
-            cv2.putText(out, text, (x0 + 1, ty), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 1,
-                        cv2.LINE_AA)
+            track = "#" + str(t.track_id) if t.track_id is not None else "#?"
+            draw_head(out, t.box_xyxy, f"{track} {t.head.label} {t.head.label_prob:.2f}",
+                      label_color(t.head.label, list(t.head.probs)), thickness,
+                      None if t.carried else t.head.mask, alpha, 1 if t.carried else thickness + 1)
         return out
