@@ -60,8 +60,8 @@ def import_ray() -> Any:
         import ray.data  # noqa: F401, PLC0415
     except ImportError as error:
         raise ModuleNotFoundError(
-            f"batch inference on Ray needs ray[data], which is not importable ({error}); "
-            "install it with: pip install 'headseg[ray]'") from None
+            f"ray[data] is not installed ({error}); batch inference on Ray needs it: "
+            "pip install 'headseg[ray]'", name=error.name) from None
     return ray
 
 
