@@ -49,7 +49,8 @@ from headseg.io import VIDEO_EXTENSIONS, atomic_write, decode_image, list_inputs
 
 RECORDS = "records"
 # Test hook: an actor that finds this variable set to a path, and no file there, creates the
-# file and dies right after writing its first batch (tests/test_ray.py kills an actor this way).
+# file and dies right after writing its first records file, before Ray hears of the batch
+# (tests/test_ray.py kills an actor this way).
 CRASH_ONCE_VARIABLE = "HEADSEG_RAY_CRASH_ONCE"
 
 
@@ -139,7 +140,7 @@ class HeadwearPredictor:
             part = "part-" + hashlib.sha1("\n".join(sorted(paths)).encode()).hexdigest()[:20] + ".jsonl"
             text = "".join(lines).encode()
             atomic_write(self.records / part, lambda f: f.write(text))
-        _crash_once()
+            _crash_once()
         return {"source": np.array(paths, dtype=object),
                 "part": np.array([part if i in results else "" for i in range(len(paths))], dtype=object),
                 "reason": np.array([r or "" for r in reasons], dtype=object),
