@@ -1,11 +1,12 @@
-"""Files in and out: atomic writes (nothing half-written survives a kill) and image reading."""
+"""Files in and out: input listing, atomic writes (nothing half-written survives a kill) and image reading."""
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -55,6 +56,41 @@ def write_text(path: str | Path, text: str) -> Path:
 
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
+
+
+def list_inputs(inputs: Sequence[str | Path]) -> tuple[list[Path], list[str]]:
+    """The files that image files, folders and glob patterns name, as the tools take them.
+
+    One listing serves ``tools/predict.py`` and :mod:`headseg.ray_inference`, so both engines
+    process the same files for the same command line.
+
+    Args:
+        inputs: Files (kept whatever their extension: reading them says if they are not
+            images), folders (their images and videos, not recursive) and glob patterns.
+
+    Returns:
+        ``(files, problems)``: the paths as given or matched (folder and glob matches sorted),
+        each file once however many inputs name it (compared as absolute paths), and one
+        ``"<input>: <why>"`` line for each input that names no file.
+    """
+    files: dict[str, Path] = {}
+    problems: list[str] = []
+    for item in map(str, inputs):
+        path = Path(item)
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS + VIDEO_EXTENSIONS)
+            problems += [] if found else [f"{item}: folder holds no images or videos"]
+        elif path.is_file():
+            found = [path]
+        elif any(c in item for c in "*?["):
+            found = sorted(Path(p) for p in glob.glob(item) if Path(p).is_file())
+            problems += [] if found else [f"{item}: pattern matches no file"]
+        else:
+            found, problems = [], problems + [f"{item}: no such file or folder"]
+        for p in found:
+            files.setdefault(os.path.abspath(p), p)
+    return list(files.values()), problems
 
 
 def read_image(path: str | Path) -> "np.ndarray":

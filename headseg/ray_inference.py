@@ -33,7 +33,6 @@ Ray is an optional dependency: ``pip install headseg[ray]``.
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import json
 import os
@@ -46,12 +45,12 @@ from typing import Any
 
 import numpy as np
 
-from headseg.io import IMAGE_EXTENSIONS, atomic_write, decode_image, read_image, write_json
+from headseg.io import VIDEO_EXTENSIONS, atomic_write, decode_image, list_inputs, read_image, write_json
 
 RECORDS = "records"
-VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")  # as tools/predict.py lists
 # Test hook: an actor that finds this variable set to a path, and no file there, creates the
-# file and dies right after writing its first batch (tests/test_ray.py kills an actor this way).
+# file and dies right after writing its first records file, before Ray hears of the batch
+# (tests/test_ray.py kills an actor this way).
 CRASH_ONCE_VARIABLE = "HEADSEG_RAY_CRASH_ONCE"
 
 
@@ -62,37 +61,9 @@ def import_ray() -> Any:
         import ray.data  # noqa: F401, PLC0415
     except ImportError as error:
         raise ModuleNotFoundError(
-            f"batch inference on Ray needs ray[data], which is not importable ({error}); "
-            "install it with: pip install 'headseg[ray]'") from None
+            f"ray[data] is not installed ({error}); batch inference on Ray needs it: "
+            "pip install 'headseg[ray]'", name=error.name) from None
     return ray
-
-
-def list_inputs(inputs: Sequence[str | Path]) -> tuple[list[str], list[str]]:
-    """Expand folders and globs as ``tools/predict.py`` does, into absolute paths.
-
-    Args:
-        inputs: Image files, folders (their images and videos, not recursive) and glob patterns.
-
-    Returns:
-        ``(files, problems)``: absolute paths, sorted within each input and without repeats,
-        and one ``"<input>: <why>"`` line for each input that matched nothing.
-    """
-    files: dict[str, None] = {}
-    problems: list[str] = []
-    for item in map(str, inputs):
-        path = Path(item)
-        if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS + VIDEO_EXTENSIONS)
-            problems += [] if found else [f"{item}: folder holds no images or videos"]
-        elif path.is_file():
-            found = [path]
-        elif any(c in item for c in "*?["):
-            found = sorted(Path(p) for p in glob.glob(item) if Path(p).is_file())
-            problems += [] if found else [f"{item}: pattern matches no file"]
-        else:
-            found, problems = [], problems + [f"{item}: no such file or folder"]
-        files.update((os.path.abspath(p), None) for p in found)
-    return list(files), problems
 
 
 def iter_records(out: str | Path) -> Iterator[dict[str, Any]]:
@@ -169,7 +140,7 @@ class HeadwearPredictor:
             part = "part-" + hashlib.sha1("\n".join(sorted(paths)).encode()).hexdigest()[:20] + ".jsonl"
             text = "".join(lines).encode()
             atomic_write(self.records / part, lambda f: f.write(text))
-        _crash_once()
+            _crash_once()
         return {"source": np.array(paths, dtype=object),
                 "part": np.array([part if i in results else "" for i in range(len(paths))], dtype=object),
                 "reason": np.array([r or "" for r in reasons], dtype=object),
@@ -221,7 +192,8 @@ def predict_with_ray(inputs: Sequence[str | Path] | Any, out: str | Path, *,
     initialised; progress is shown as Ray Data shows it.
 
     Args:
-        inputs: Image files, folders and globs (expanded like ``tools/predict.py``), or a
+        inputs: Image files, folders and globs (listed by :func:`headseg.io.list_inputs`,
+            as ``tools/predict.py`` lists them), or a
             ``ray.data.Dataset`` with a ``path`` column and optionally a ``bytes`` column
             (``ray.data.read_binary_files(..., include_paths=True)``, for object stores).
         out: Output folder; must be reachable by every node. A rerun skips inputs with records.
@@ -267,7 +239,8 @@ def predict_with_ray(inputs: Sequence[str | Path] | Any, out: str | Path, *,
         known = frozenset(done)
         todo, problems, already_done = inputs.filter(lambda row: row["path"] not in known), [], None
     else:
-        files, problems = list_inputs([inputs] if isinstance(inputs, (str, Path)) else inputs)
+        listed, problems = list_inputs([inputs] if isinstance(inputs, (str, Path)) else inputs)
+        files = [os.path.abspath(f) for f in listed]  # workers may run on other machines
         pending = [f for f in files if f not in done]
         already_done = len(files) - len(pending)
         todo = ray.data.from_items([{"path": f} for f in pending]) if pending else None

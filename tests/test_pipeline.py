@@ -186,6 +186,24 @@ def test_predict_tool_reports_missing_inputs(checkpoints: tuple[Path, Path], tmp
     assert summary["files"] == 0 and len(summary["skipped"]) == 2
 
 
+def test_list_inputs_names_each_file_once_and_what_matched_nothing(tmp_path: Path) -> None:
+    """The one listing predict.py and the Ray engine share: folders, globs, files, repeats, misses."""
+    from headseg.io import list_inputs
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name in ("b.JPG", "a.png", "clip.mp4", "notes.txt"):
+        (folder / name).write_bytes(b"")
+    (tmp_path / "empty").mkdir()
+    files, problems = list_inputs([folder, str(folder / "*.png"), str(folder / "notes.txt"),
+                                   tmp_path / "empty", str(tmp_path / "*.gif"), str(tmp_path / "nope.jpg")])
+    assert files == [folder / "a.png", folder / "b.JPG", folder / "clip.mp4", folder / "notes.txt"]
+    assert problems == [f"{tmp_path / 'empty'}: folder holds no images or videos",
+                        f"{tmp_path / '*.gif'}: pattern matches no file",
+                        f"{tmp_path / 'nope.jpg'}: no such file or folder"]
+    assert list_inputs([]) == ([], [])
+
+
 def test_classify_external_boxes(pipe: HeadwearPipeline) -> None:
     image = _image(4)
     result = pipe.classify(image, np.array([[40, 30, 80, 70], [0, 0, 10, 12]]), np.array([0.9, 0.4]))

@@ -290,3 +290,24 @@ def test_tools_end_user_errors_with_one_line(tool: str, tmp_path: Path) -> None:
     assert "Traceback" not in proc.stderr
     debug = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env={**env, "HEADSEG_DEBUG": "1"})
     assert debug.returncode != 0 and "Traceback" in debug.stderr
+
+
+def test_predict_ray_without_ray_says_how_to_install_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """Ray is an optional extra: without it, tools/predict_ray.py ends with one ``error:`` line
+    naming the install command and exit status 2, through the runner every tool shares."""
+    from tools import _cli, predict_ray
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now fails as if ray were not installed
+    monkeypatch.delenv(_cli.DEBUG_VARIABLE, raising=False)
+    args = predict_ray.parse_args([str(tmp_path), "--out", str(tmp_path / "out")])
+    with pytest.raises(SystemExit) as exit_status:
+        _cli.run(predict_ray.main, args)
+    assert exit_status.value.code == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1, err
+    assert err.startswith("error: ray[data] is not installed") and "pip install 'headseg[ray]'" in err
+    assert not (tmp_path / "out").exists()  # it stopped before writing anything
+    monkeypatch.setenv(_cli.DEBUG_VARIABLE, "1")
+    with pytest.raises(ModuleNotFoundError, match=r"pip install 'headseg\[ray\]'"):
+        _cli.run(predict_ray.main, args)

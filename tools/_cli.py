@@ -16,12 +16,14 @@ def run(main: Callable[[argparse.Namespace], Any], args: argparse.Namespace) -> 
 
     A bad input (a missing file, an unknown ``--set`` key, a malformed JSON...) raises
     ``OSError``, ``ValueError`` or ``TypeError`` with a sentence saying what was wrong and how
-    to fix it; that sentence is printed as ``error: ...`` and the exit status is 2. Set
-    ``HEADSEG_DEBUG=1`` (or pass ``--debug`` where a tool has it) for the traceback.
+    to fix it; so does an optional extra that is not installed (``ModuleNotFoundError`` from
+    an import inside ``main``, such as ``ray`` for ``predict_ray.py``). That sentence is
+    printed as ``error: ...`` and the exit status is 2. Set ``HEADSEG_DEBUG=1`` (or pass
+    ``--debug`` where a tool has it) for the traceback.
     """
     try:
         status = main(args)
-    except (OSError, ValueError, TypeError) as error:
+    except (OSError, ValueError, TypeError, ModuleNotFoundError) as error:
         if getattr(args, "debug", False) or os.environ.get(DEBUG_VARIABLE, "") not in ("", "0"):
             raise
         print(f"error: {error}", file=sys.stderr)

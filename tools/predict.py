@@ -15,7 +15,6 @@ Examples:
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import sys
 from collections import Counter, deque
@@ -28,11 +27,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import cv2  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from headseg.io import IMAGE_EXTENSIONS, read_image, write_json  # noqa: E402
+from headseg.io import VIDEO_EXTENSIONS, list_inputs, read_image, write_json  # noqa: E402
 from headseg.pipeline import HeadwearPipeline, ImageResult  # noqa: E402
 from tools._cli import run  # noqa: E402
 
-VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
 DECODE_AHEAD = 4  # images decoded in threads while the model runs (OpenCV releases the GIL)
 
 
@@ -49,26 +47,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-draw", action="store_true", help="JSON only, no annotated output")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     return parser.parse_args(argv)
-
-
-def expand_inputs(inputs: list[str]) -> tuple[list[Path], list[str]]:
-    """Files to process (folders and globs expanded, sorted) and inputs that matched nothing."""
-    files, missing = [], []
-    for item in inputs:
-        path = Path(item)
-        if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS + VIDEO_EXTENSIONS)
-            missing += [] if found else [f"{item}: folder holds no images or videos"]
-            files += found
-        elif path.is_file():
-            files.append(path)
-        elif any(c in item for c in "*?["):
-            matched = sorted(Path(p) for p in glob.glob(item) if Path(p).is_file())
-            missing += [] if matched else [f"{item}: pattern matches no file"]
-            files += matched
-        else:
-            missing.append(f"{item}: no such file or folder")
-    return files, missing
 
 
 def _run_video(pipe: HeadwearPipeline, path: Path, args: argparse.Namespace, sink, counts: Counter) -> str | None:
@@ -137,7 +115,7 @@ def _decode_ahead(files: list[Path]) -> Iterator[tuple[Path, Future | None]]:
 
 
 def main(args: argparse.Namespace) -> int:
-    files, problems = expand_inputs(args.inputs)
+    files, problems = list_inputs(args.inputs)
     args.out.mkdir(parents=True, exist_ok=True)
     if args.seg or args.cls:
         if not (args.seg and args.cls):

@@ -22,12 +22,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from headseg.io import write_json  # noqa: E402
+from headseg.io import VIDEO_EXTENSIONS, write_json  # noqa: E402
 from headseg.tracking import ByteTrackConfig  # noqa: E402
 from headseg.video import TrackOptions, parse_source, run_video  # noqa: E402
 from tools._cli import load_pipeline, run  # noqa: E402
-
-VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
