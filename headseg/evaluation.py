@@ -37,6 +37,8 @@ from headseg.io import atomic_write, write_text
 if TYPE_CHECKING:
     import torch
 
+    from headseg.attributes import AttributeSchema
+
 logger = logging.getLogger(__name__)
 
 IOU_TYPES = ("bbox", "segm")
@@ -726,3 +728,114 @@ def plot_worst_mistakes(images: Sequence[np.ndarray] | Callable[[int], np.ndarra
         ax.axis("off")
     fig.tight_layout()
     return atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
+
+
+# ----------------------------------------------------------------------------- several attributes
+
+
+def attribute_prefix(schema: AttributeSchema, attribute: str) -> str:
+    """``""`` for a single-attribute schema (its keys and files stay a one-softmax classifier's),
+    else ``"{attribute}/"``: the prefix of an attribute's metric keys."""
+    return "" if len(schema.attributes) == 1 else f"{attribute}/"
+
+
+def attribute_metrics(targets: torch.Tensor, probs: torch.Tensor, schema: AttributeSchema
+                      ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """:func:`classification_metrics` per attribute, over the crops that label it, and their means.
+
+    An attribute no crop labels is left out (a facemask crop set says nothing of headwear); a
+    single-attribute schema is always scored, with the keys of :func:`classification_metrics`.
+
+    Args:
+        targets: ``(N, A)`` int64 value indices, ``-1`` where the crop's source is silent.
+        probs: ``(N, sum of values)`` probabilities (:func:`headseg.attributes.attribute_softmax`).
+        schema: The classifier's schema.
+
+    Returns:
+        The flat metrics: per attribute ``{attribute}/macro_f1``, ``{attribute}/f1/{value}``...
+        (no prefix with one attribute), and ``macro_f1``, ``accuracy``, ``balanced_accuracy``
+        averaged over the attributes scored (best-checkpoint selection uses that ``macro_f1``);
+        and attribute -> ``(V, V)`` confusion matrix.
+    """
+    targets = _to_numpy(targets, "targets").reshape(len(targets), -1)
+    blocks = schema.split(probs)
+    metrics: dict[str, float] = {}
+    matrices: dict[str, np.ndarray] = {}
+    for a, (name, values) in enumerate(schema.attributes.items()):
+        labelled = targets[:, a] >= 0
+        if not labelled.any() and len(schema.attributes) > 1:
+            continue
+        pred = _to_numpy(blocks[name], "probs").argmax(1)[labelled] if len(probs) else np.zeros(0, np.int64)
+        prefix = attribute_prefix(schema, name)
+        metrics.update({prefix + k: v for k, v in
+                        classification_metrics(targets[labelled, a], pred, values).items()})
+        matrices[name] = confusion_matrix(targets[labelled, a], pred, len(values))
+    if len(schema.attributes) > 1:
+        for key in ("macro_f1", "accuracy", "balanced_accuracy"):
+            scored = [metrics[f"{n}/{key}"] for n in matrices]
+            metrics[key] = float(np.mean(scored)) if scored else 0.0
+    return metrics, matrices
+
+
+def write_attribute_reports(stem: str | Path, schema: AttributeSchema, matrices: Mapping[str, np.ndarray],
+                            targets: torch.Tensor | None = None, probs: torch.Tensor | None = None,
+                            images: Callable[[int], np.ndarray] | None = None,
+                            max_mistakes: int = 24) -> list[Path]:
+    """Per attribute: ``{stem}[_{attribute}]_confusion.csv`` and ``.png``, and with ``images``
+    the mistakes gallery ``{stem}[_{attribute}]_mistakes.png`` of the crops that label it.
+
+    The ``_{attribute}`` part is left out for a single-attribute schema, so a one-softmax
+    classifier's files keep their names.
+
+    Args:
+        stem: Path prefix of the files.
+        schema: The classifier's schema.
+        matrices: Attribute -> confusion matrix, from :func:`attribute_metrics`.
+        targets, probs: As for :func:`attribute_metrics`; needed for the galleries.
+        images: Crop index -> ``(S, S, 3)`` uint8 RGB; None: no galleries.
+        max_mistakes: Crops per gallery.
+
+    Returns:
+        The files written.
+    """
+    written = []
+    for name, cm in matrices.items():
+        values = schema.attributes[name]
+        base = f"{stem}{'_' + name if len(schema.attributes) > 1 else ''}"
+        written += [write_confusion_csv(cm, values, f"{base}_confusion.csv"),
+                    plot_confusion_matrix(cm, values, f"{base}_confusion.png")]
+        if images is not None and targets is not None and probs is not None:
+            a = schema.names.index(name)
+            rows = (targets[:, a] >= 0).nonzero().flatten().tolist()
+            written.append(plot_worst_mistakes(lambda k, rows=rows: images(rows[k]), targets[rows, a],
+                                               schema.split(probs)[name][rows], values,
+                                               f"{base}_mistakes.png", max_mistakes))
+    return written
+
+
+def write_attribute_predictions(path: str | Path, crops: Sequence[str | Path], targets: torch.Tensor,
+                                probs: torch.Tensor, schema: AttributeSchema, attributes: Sequence[str]) -> Path:
+    """One CSV row per crop: ``crop``, then per attribute of ``attributes`` its ``label`` (empty
+    where the crop's source is silent), ``pred`` and ``prob`` (prefixed ``{attribute}/`` with several
+    attributes), then ``p/{column}`` for every output column.
+
+    Args:
+        path: Output CSV, written atomically.
+        crops: ``N`` crop paths.
+        targets, probs: As for :func:`attribute_metrics`.
+        schema: The classifier's schema.
+        attributes: The attributes to give columns to (those the crop set labels).
+    """
+    blocks = schema.split(probs)
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["crop", *(attribute_prefix(schema, a) + k for a in attributes for k in ("label", "pred", "prob")),
+                     *(f"p/{n}" for n in schema.column_names)])
+    for i, crop in enumerate(crops):
+        cells = []
+        for a in attributes:
+            values, y = schema.attributes[a], int(targets[i, schema.names.index(a)])
+            k = int(blocks[a][i].argmax())
+            cells += [values[y] if y >= 0 else "", values[k], f"{float(blocks[a][i, k]):.4f}"]
+        writer.writerow([crop, *cells, *(f"{float(v):.4f}" for v in probs[i])])
+    return write_text(path, buf.getvalue())
