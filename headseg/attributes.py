@@ -356,3 +356,28 @@ def face_to_head_box(face_xyxy: torch.Tensor, rule: FaceToHead = FaceToHead(),
         out[:, 0::2] = out[:, 0::2].clamp(0, width)
         out[:, 1::2] = out[:, 1::2].clamp(0, height)
     return out
+
+
+def faces_to_heads(annotations: Sequence[Mapping], rule: FaceToHead, height: int, width: int) -> list[dict]:
+    """Copies of COCO face annotations whose box is the head box :func:`face_to_head_box` derives.
+
+    The face's own mask (drawn or derived) says nothing of the head, so the copies have no
+    ``segmentation`` (a mask is then derived from the head box, as for any box-only annotation)
+    and their ``area`` is the head box's.
+
+    Args:
+        annotations: COCO annotations of one image, ``bbox`` as xywh pixels.
+        rule: The geometry.
+        height, width: The image's size; head boxes are clipped to it.
+
+    Returns:
+        New annotation dicts, in order.
+    """
+    if not annotations:
+        return []
+    faces = torch.tensor([[x, y, x + w, y + h] for x, y, w, h in (a["bbox"] for a in annotations)],
+                         dtype=torch.float32)
+    heads = face_to_head_box(faces, rule, (height, width)).tolist()
+    return [{**{k: v for k, v in a.items() if k != "segmentation"},
+             "bbox": [x0, y0, x1 - x0, y1 - y0], "area": (x1 - x0) * (y1 - y0)}
+            for a, (x0, y0, x1, y1) in zip(annotations, heads)]

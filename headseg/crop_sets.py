@@ -30,7 +30,7 @@ import torch
 from torchvision.ops import box_iou
 from tqdm import tqdm
 
-from headseg.attributes import AttributeSchema, FaceToHead, face_to_head_box
+from headseg.attributes import AttributeSchema, FaceToHead, faces_to_heads
 from headseg.config import CropConfig, from_dict, to_dict
 from headseg.crops import crop_head
 from headseg.data import CocoHeads, annotation_mask
@@ -82,20 +82,6 @@ def _predicted_heads(segmenter: Segmenter, image: np.ndarray, anns: list[dict[st
     return heads
 
 
-def faces_to_heads(anns: list[dict[str, Any]], rule: FaceToHead, height: int, width: int) -> list[dict[str, Any]]:
-    """Copies of face annotations whose box is the head box :func:`face_to_head_box` derives.
-
-    The face's own mask (drawn or derived) says nothing of the head, so the copies have none:
-    their masks are then derived from the head boxes, as for any box-only annotation.
-    """
-    if not anns:
-        return []
-    faces = torch.tensor([_xyxy(a["bbox"]) for a in anns], dtype=torch.float32)
-    heads = face_to_head_box(faces, rule, (height, width)).tolist()
-    return [{**{k: v for k, v in a.items() if k not in ("segmentation", "area")},
-             "bbox": [x0, y0, x1 - x0, y1 - y0]} for a, (x0, y0, x1, y1) in zip(anns, heads)]
-
-
 def make_crop_set(coco: CocoHeads, out_dir: str | Path, crop: CropConfig, segmenter: Segmenter | None = None,
                   score_thresh: float = 0.5, iou_thresh: float = 0.5, background: bool = False,
                   device: str | torch.device = "cpu", progress: bool = True,
@@ -116,7 +102,7 @@ def make_crop_set(coco: CocoHeads, out_dir: str | Path, crop: CropConfig, segmen
         device: Where the segmenter runs.
         progress: Show a tqdm bar.
         face_to_head: The annotations are face boxes (facemask): derive a head box from each
-            by this rule (:func:`faces_to_heads`) before cropping or matching predictions, so
+            by this rule (:func:`headseg.attributes.faces_to_heads`) before cropping or matching predictions, so
             the crops are framed like the pipeline's head crops; ``crops.json`` records it.
 
     Returns:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import csv
+import dataclasses
 import difflib
 import io
 import json
@@ -37,7 +38,7 @@ from headseg.io import atomic_write, write_text
 if TYPE_CHECKING:
     import torch
 
-    from headseg.attributes import AttributeSchema
+    from headseg.attributes import AttributeSchema, FaceToHead
 
 logger = logging.getLogger(__name__)
 
@@ -839,3 +840,119 @@ def write_attribute_predictions(path: str | Path, crops: Sequence[str | Path], t
             cells += [values[y] if y >= 0 else "", values[k], f"{float(blocks[a][i, k]):.4f}"]
         writer.writerow([crop, *cells, *(f"{float(v):.4f}" for v in probs[i])])
     return write_text(path, buf.getvalue())
+
+
+# ----------------------------------------------------------------------------- end to end, per attribute
+
+SWEEP = tuple(round(0.05 * k, 2) for k in range(1, 20))  # operating-point thresholds tried for the F1-best one
+
+
+def end_to_end_scores(gt: COCO | str | Path | Mapping[str, Any], joint: Sequence[Mapping[str, Any]],
+                      at_op: Sequence[Mapping[str, Any]], op_thresh: float,
+                      sweep: Sequence[float] = SWEEP) -> dict[str, float]:
+    """Detection and attire judged together: COCO bbox AP of ``joint`` and P/R/F1 of ``at_op``.
+
+    Args:
+        gt: Ground truth whose categories are attire classes.
+        joint: Results scored by detection score x class probability (AP over the whole curve).
+        at_op: The same heads scored by detection score alone, labelled by their top class.
+        op_thresh: The operating point: ``at_op`` heads scoring at least this count.
+        sweep: Thresholds tried for the F1-best one (read it on val, pass it for test).
+
+    Returns:
+        :func:`coco_evaluate`'s bbox metrics (per category too), :func:`operating_point`'s at
+        ``op_thresh``, ``op_thresh``, ``f1_best_thresh`` and ``f1_at_best_thresh``.
+    """
+    metrics = coco_evaluate(gt, joint, ("bbox",))
+    f1 = {t: operating_point(gt, at_op, t)["f1"] for t in sweep}
+    best = max(f1, key=f1.get)
+    return {**metrics, **operating_point(gt, at_op, op_thresh), "op_thresh": op_thresh,
+            "f1_best_thresh": best, "f1_at_best_thresh": f1[best]}
+
+
+def attribute_ground_truth(gt: COCO | str | Path | Mapping[str, Any], schema: AttributeSchema, source: str,
+                           face_to_head: FaceToHead | None = None) -> dict[str, Any]:
+    """A copy of a COCO set whose categories are classifier columns, for end-to-end evaluation.
+
+    Each category keeps its id; its ``name`` becomes the column its source maps it to
+    (``mask_weared_incorrect`` -> ``face_mask/incorrect``; a single-attribute classifier's columns
+    are its class names), and it gains ``attribute`` and ``value``. With ``face_to_head`` the
+    boxes are faces: every box is replaced by the head box the rule derives from it (clipped to
+    the image, :func:`headseg.attributes.faces_to_heads`), so that predicted heads match it at
+    the usual IoU; the masks are dropped (bbox evaluation only).
+
+    Args:
+        gt: The set (COCO object, path or dict).
+        schema: The classifier's schema.
+        source: The schema source whose category mapping the set's categories follow.
+        face_to_head: The face-to-head rule, or None for boxes that are heads already.
+
+    Raises:
+        ValueError: a category its source does not map.
+    """
+    data = _load_gt_dataset(gt)
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(data.get(key), list):
+            raise ValueError(f"ground truth has no '{key}' list (keys: {sorted(data)})")
+    for c in data["categories"]:
+        (a,) = [k for k, t in enumerate(schema.targets(source, c["name"])) if t >= 0]
+        attribute = schema.names[a]
+        value = schema.attributes[attribute][schema.targets(source, c["name"])[a]]
+        c.update(name=schema.column_name(attribute, value), attribute=attribute, value=value)
+    if face_to_head is not None:
+        from headseg.attributes import faces_to_heads  # noqa: PLC0415 (torch, for this case only)
+
+        by_image: dict[Any, list[dict[str, Any]]] = {}
+        for ann in data["annotations"]:
+            by_image.setdefault(ann["image_id"], []).append(ann)
+        images = {img["id"]: img for img in data["images"]}
+        data["annotations"] = [head for image_id, anns in by_image.items() for head in faces_to_heads(
+            anns, face_to_head, images[image_id]["height"], images[image_id]["width"])]
+        data["info"] = {**(data.get("info") or {}), "face_to_head": dataclasses.asdict(face_to_head)}
+    return data
+
+
+def _of_categories(gt: Mapping[str, Any], categories: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """``gt`` with only ``categories`` (named by their value) and their annotations."""
+    ids = {c["id"] for c in categories}
+    return {**gt, "categories": [{**c, "name": c["value"]} for c in categories],
+            "annotations": [a for a in gt["annotations"] if a["category_id"] in ids]}
+
+
+def attribute_end_to_end(gt: Mapping[str, Any], joint: Sequence[Mapping[str, Any]],
+                         at_op: Sequence[Mapping[str, Any]], op_thresh: float, schema: AttributeSchema,
+                         sweep: Sequence[float] = SWEEP) -> dict[str, float]:
+    """:func:`end_to_end_scores` per attribute the set labels, and P/R/F1 per value.
+
+    Each attribute is scored on the annotations of its categories alone, against the results
+    of those categories: AP per value ranks heads by detection score x that value's
+    probability (``bbox/AP50/{value}``), and the operating point counts a head right when its
+    box matches and its top value is the annotation's.
+
+    Args:
+        gt: From :func:`attribute_ground_truth`.
+        joint, at_op: Results whose category ids are ``gt``'s (``ImageResult.to_coco_results``
+            with column name -> id), scored ``joint`` and ``seg``.
+        op_thresh: Detection score threshold of the operating point.
+        schema: The classifier's schema; with one attribute the keys carry no attribute prefix,
+            so they are those of :func:`end_to_end_scores`.
+        sweep: As for :func:`end_to_end_scores`.
+
+    Returns:
+        Flat metrics: ``{attribute}/bbox/AP50``, ``{attribute}/bbox/AP50/{value}``,
+        ``{attribute}/precision``, ``{attribute}/precision/{value}``...
+    """
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for c in gt["categories"]:
+        groups.setdefault(c["attribute"], []).append(c)
+    out: dict[str, float] = {}
+    for attribute, categories in groups.items():
+        ids = {c["id"] for c in categories}
+        metrics = end_to_end_scores(_of_categories(gt, categories), [r for r in joint if r["category_id"] in ids],
+                                    [r for r in at_op if r["category_id"] in ids], op_thresh, sweep)
+        for c in categories:
+            at_value = operating_point(_of_categories(gt, [c]), [r for r in at_op if r["category_id"] == c["id"]],
+                                       op_thresh)
+            metrics.update({f"{k}/{c['value']}": at_value[k] for k in ("precision", "recall", "f1")})
+        out.update({attribute_prefix(schema, attribute) + k: v for k, v in metrics.items()})
+    return out
