@@ -31,7 +31,7 @@ import torch.nn.functional as F
 MISSING = -1  # target of an attribute the crop's source does not label
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class AttributeSchema:
     """Attributes, their values, and how each source's categories map onto them.
 
@@ -70,6 +70,14 @@ class AttributeSchema:
         for source, mapping in self.sources.items():
             for category, target in mapping.items():
                 self._split(target, f"sources.{source}.{category}")
+
+    def __eq__(self, other: object) -> bool:
+        # Attribute order is column order: schemas that list the same attributes in another
+        # order describe differently laid-out models.
+        return (isinstance(other, AttributeSchema) and list(self.attributes.items()) == list(other.attributes.items())
+                and self.sources == other.sources)
+
+    __hash__ = None  # type: ignore[assignment]  (mutable mappings inside)
 
     @classmethod
     def from_dict(cls, data: Mapping) -> AttributeSchema:

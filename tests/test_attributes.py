@@ -30,6 +30,9 @@ def test_schema_maps_each_source_category_to_one_attribute() -> None:
     assert SCHEMA.targets("hhw", "head") == [1, MISSING]
     assert SCHEMA.targets("facemask", "mask_weared_incorrect") == [MISSING, 2]
     assert AttributeSchema.from_dict(SCHEMA.to_dict()) == SCHEMA
+    # Attribute order is column order: the same attributes listed the other way are another schema.
+    swapped = AttributeSchema(dict(reversed(list(SCHEMA.attributes.items()))), SCHEMA.sources)
+    assert swapped != SCHEMA and swapped.column_names != SCHEMA.column_names
     with pytest.raises(ValueError, match="maps to no attribute value"):
         SCHEMA.targets("hhw", "cap")
     with pytest.raises(ValueError, match="has \\['helmet', 'none'\\]"):
