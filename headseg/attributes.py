@@ -334,7 +334,8 @@ class FaceToHead:
     and extends ``top`` face heights above the face box and ``bottom`` below it. The defaults
     frame a frontal face's hair and chin the way Hard Hat Workers' whole-head boxes do (a face is
     about the lower two thirds of a head, and 0.7-0.8 of its width); turned and tilted faces, and
-    hats that stand tall, fit it less well (docs/RESULTS.md says where this shows).
+    hats that stand tall, fit it less well (README, "Several attributes"). The values are a
+    starting point, not yet chosen by measuring the classifier on val.
     """
 
     width: float = 1.3

@@ -436,8 +436,8 @@ class HeadwearPipeline:
         segmenter: A loaded segmenter (:meth:`headseg.segmentation.Segmenter.load`). The
             pipeline runs a copy with its BatchNorm folded; the model passed in is untouched.
         classifier: A loaded classifier (:meth:`headseg.classification.Classifier.load`): its
-            preprocessing record gives the crop rules, input size and mean/std. Likewise
-            folded in a copy.
+            preprocessing record gives the crop rules, input size and mean/std, its schema the
+            attributes every head gets (``Head.attributes``). Likewise folded in a copy.
         device: Where both models run.
         score_thresh: Heads below this segmentation score are dropped; None: the segmenter
             checkpoint's own ``box_score_thresh`` (with any ``seg_overrides`` applied).
