@@ -5,8 +5,14 @@ label one of them: Hard Hat Workers labels ``helmet`` / bare ``head``, Face Mask
 mask wearing. An :class:`AttributeSchema` declares the attributes, their values, and for each
 training source which of its categories means which attribute value; a crop then has one target
 per attribute, ``-1`` where its source says nothing. The classifier has one softmax head per
-attribute on a shared backbone (:class:`MultiAttributeHead`), and :func:`masked_attribute_loss`
-adds no loss, and so no gradient, for a missing label.
+attribute on a shared backbone: its last Linear has one output column per attribute value,
+grouped by attribute (:attr:`AttributeSchema.column_names`), and :meth:`AttributeSchema.split`
+cuts its logits into one block per attribute, each a softmax of its own
+(:func:`attribute_softmax`). Per-attribute Linear heads after one shared dropout are exactly one
+Linear whose rows are grouped so; keeping it one Linear keeps every classifier a tensor-in,
+tensor-out model (BatchNorm folding, ONNX export and the pipeline see one output) and keeps a
+single-attribute classifier's weights as they always were. :func:`masked_attribute_loss` adds
+no loss, and so no gradient, for a missing label.
 
 Face boxes are not head boxes: :func:`face_to_head_box` derives a head region from a face box so
 face-labelled data teaches ``face_mask`` on crops framed like the pipeline's head crops.
@@ -21,12 +27,11 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 MISSING = -1  # target of an attribute the crop's source does not label
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class AttributeSchema:
     """Attributes, their values, and how each source's categories map onto them.
 
@@ -42,6 +47,17 @@ class AttributeSchema:
     sources: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        # Plain dicts of tuples whatever came in (YAML lists, mapping proxies), so that equal
+        # schemas compare equal and a config holding one dumps to YAML and loads back.
+        if not isinstance(self.attributes, Mapping) or not isinstance(self.sources or {}, Mapping) or any(
+                isinstance(v, str) or not isinstance(v, Sequence) for v in self.attributes.values()):
+            raise ValueError(f"attribute schema {{'attributes': {self.attributes!r}, 'sources': "
+                             f"{self.sources!r}}} has the wrong shape; expected attributes as "
+                             "{name: [value, ...]} and sources as {source: {category: 'attribute/value'}}")
+        object.__setattr__(self, "attributes", {str(k): tuple(str(v) for v in vs)
+                                                for k, vs in dict(self.attributes).items()})
+        object.__setattr__(self, "sources", {str(s): {str(c): str(t) for c, t in dict(m).items()}
+                                             for s, m in dict(self.sources or {}).items()})
         if not self.attributes:
             raise ValueError("no attributes declared; expected e.g. {'headwear': ['helmet', 'none']}")
         for name, values in self.attributes.items():
@@ -55,6 +71,14 @@ class AttributeSchema:
             for category, target in mapping.items():
                 self._split(target, f"sources.{source}.{category}")
 
+    def __eq__(self, other: object) -> bool:
+        # Attribute order is column order: schemas that list the same attributes in another
+        # order describe differently laid-out models.
+        return (isinstance(other, AttributeSchema) and list(self.attributes.items()) == list(other.attributes.items())
+                and self.sources == other.sources)
+
+    __hash__ = None  # type: ignore[assignment]  (mutable mappings inside)
+
     @classmethod
     def from_dict(cls, data: Mapping) -> AttributeSchema:
         """From a config's ``{"attributes": {...}, "sources": {...}}`` (lists become tuples)."""
@@ -62,14 +86,16 @@ class AttributeSchema:
         if unknown:
             raise ValueError(f"attribute schema keys {unknown} are unknown; expected 'attributes' "
                              f"and 'sources'")
-        attributes = {str(k): tuple(str(v) for v in vs) for k, vs in (data.get("attributes") or {}).items()}
-        sources = {str(s): {str(c): str(t) for c, t in m.items()} for s, m in (data.get("sources") or {}).items()}
-        return cls(attributes, sources)
+        return cls(data.get("attributes") or {}, data.get("sources") or {})
 
     @classmethod
-    def single(cls, class_names: Sequence[str], name: str = "label") -> AttributeSchema:
-        """The schema of a classic one-softmax classifier: one attribute, every class a value."""
-        return cls({name: tuple(class_names)}, {})
+    def single(cls, class_names: Sequence[str], name: str = "label", source: str = "crops") -> AttributeSchema:
+        """The schema of a classic one-softmax classifier: one attribute, every class a value.
+
+        Its one source (``crops``) is a crop set labelled with the classes themselves, so a
+        single-attribute classifier trains and evaluates through the same code as any other.
+        """
+        return cls({name: tuple(class_names)}, {source: {c: f"{name}/{c}" for c in class_names}})
 
     def to_dict(self) -> dict:
         return {"attributes": {k: list(v) for k, v in self.attributes.items()},
@@ -78,6 +104,29 @@ class AttributeSchema:
     @property
     def names(self) -> list[str]:
         return list(self.attributes)
+
+    @property
+    def column_names(self) -> list[str]:
+        """One name per output column, attributes in order: ``"attribute/value"``.
+
+        A single-attribute schema names its columns by the bare values, as a one-softmax
+        classifier always has (``with_mask``, not ``label/with_mask``).
+        """
+        if len(self.attributes) == 1:
+            return list(next(iter(self.attributes.values())))
+        return [f"{a}/{v}" for a, values in self.attributes.items() for v in values]
+
+    def column_name(self, attribute: str, value: str) -> str:
+        """The output column's name of ``value`` of ``attribute`` (see :attr:`column_names`)."""
+        return value if len(self.attributes) == 1 else f"{attribute}/{value}"
+
+    def split(self, columns: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``(N, sum of values)`` logits or probabilities -> attribute -> ``(N, values)`` views."""
+        sizes = [len(v) for v in self.attributes.values()]
+        if columns.shape[-1] != sum(sizes):
+            raise ValueError(f"{columns.shape[-1]} output columns; the schema's attributes "
+                             f"{self.names} have {sum(sizes)} values in all")
+        return dict(zip(self.attributes, columns.split(sizes, dim=-1)))
 
     def _split(self, target: str, where: str) -> tuple[int, int]:
         attribute, _, value = target.partition("/")
@@ -108,26 +157,84 @@ class AttributeSchema:
         out[a] = v
         return out
 
+    def columns_of(self, source: str) -> dict[str, str]:
+        """``source``'s category -> the output column (:attr:`column_names`) it labels."""
+        if source not in self.sources:
+            raise ValueError(f"source {source!r} is not in the schema; expected one of "
+                             f"{sorted(self.sources)}")
+        out = {}
+        for category, target in self.sources[source].items():
+            a, v = self._split(target, f"sources.{source}.{category}")
+            out[category] = self.column_name(self.names[a], self.attributes[self.names[a]][v])
+        return out
 
-class MultiAttributeHead(nn.Module):
-    """One linear softmax head per attribute over shared pooled features.
+    def source_of(self, category_names: Sequence[str]) -> str:
+        """The one source whose categories include all of ``category_names``.
 
-    Args:
-        in_features: Width of the backbone's pooled features.
-        schema: The attributes and their values.
-        dropout: Before every head, as MobileNetV2's own classifier does.
+        Raises:
+            ValueError: no source, or more than one, covers them.
+        """
+        fits = [s for s, m in self.sources.items() if set(category_names) <= set(m)]
+        if len(fits) != 1:
+            raise ValueError(f"categories {sorted(category_names)} fit {len(fits)} sources of the "
+                             f"schema ({ {s: sorted(m) for s, m in self.sources.items()} }); "
+                             "expected exactly one: name it (--source NAME)")
+        return fits[0]
+
+    def decode(self, probs: torch.Tensor) -> list[dict[str, AttributePrediction]]:
+        """Per-attribute predictions of each row of :func:`attribute_softmax` probabilities.
+
+        Args:
+            probs: ``(N, sum of values)`` probabilities, each attribute's block summing to 1.
+
+        Returns:
+            ``N`` dicts attribute -> :class:`AttributePrediction` (the most probable value).
+        """
+        blocks = {a: b.tolist() for a, b in self.split(probs.float().cpu()).items()}
+        out = []
+        for i in range(probs.shape[0]):
+            row = {}
+            for a, values in self.attributes.items():
+                p = blocks[a][i]
+                k = max(range(len(values)), key=p.__getitem__)
+                row[a] = AttributePrediction(values[k], float(p[k]), dict(zip(values, map(float, p))))
+            out.append(row)
+        return out
+
+
+@dataclass(frozen=True)
+class AttributePrediction:
+    """One attribute of one head: its most probable value, that probability, and all of them.
+
+    Attributes:
+        value: The most probable value, e.g. ``"helmet"``.
+        prob: Its probability in ``[0, 1]``.
+        probs: Every value's probability (they sum to 1).
     """
 
-    def __init__(self, in_features: int, schema: AttributeSchema, dropout: float = 0.2) -> None:
-        super().__init__()
-        self.dropout = nn.Dropout(dropout)
-        self.heads = nn.ModuleDict({name: nn.Linear(in_features, len(values))
-                                    for name, values in schema.attributes.items()})
+    value: str
+    prob: float
+    probs: Mapping[str, float]
 
-    def forward(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
-        """``(N, in_features)`` -> attribute -> ``(N, values)`` logits."""
-        features = self.dropout(features)
-        return {name: head(features) for name, head in self.heads.items()}
+    def to_json(self) -> dict:
+        return {"value": self.value, "prob": round(self.prob, 4),
+                "probs": {k: round(v, 4) for k, v in self.probs.items()}}
+
+
+def attribute_softmax(logits: torch.Tensor, schema: AttributeSchema) -> torch.Tensor:
+    """A classifier's logits -> probabilities: one softmax per attribute's block of columns.
+
+    The one place raw classifier output becomes probabilities (training's validation,
+    evaluation and the pipeline all call it). With one attribute it is ``softmax(logits, 1)``.
+
+    Args:
+        logits: ``(N, sum of values)`` float.
+        schema: The classifier's schema (its column order).
+
+    Returns:
+        ``(N, sum of values)`` float32, each attribute's block summing to 1.
+    """
+    return torch.cat([F.softmax(block.float(), dim=-1) for block in schema.split(logits).values()], dim=-1)
 
 
 def masked_attribute_loss(logits: Mapping[str, torch.Tensor], targets: torch.Tensor,
@@ -141,7 +248,8 @@ def masked_attribute_loss(logits: Mapping[str, torch.Tensor], targets: torch.Ten
     adds zero (still connected to the graph, so DDP sees every head's parameters used).
 
     Args:
-        logits: Attribute -> ``(N, V_a)`` logits, in the schema's order.
+        logits: Attribute -> ``(N, V_a)`` logits, in the schema's order
+            (:meth:`AttributeSchema.split` of the classifier's output).
         targets: ``(N, A)`` int64, a value index per attribute or ``-1``.
         label_smoothing: As in ``F.cross_entropy``.
         class_weights: Attribute -> ``(V_a,)`` weights, for ``balance: loss``.
@@ -193,6 +301,31 @@ def balanced_sample_weights(targets: torch.Tensor) -> torch.Tensor:
     return weights
 
 
+def attribute_class_weights(targets: torch.Tensor, schema: AttributeSchema) -> dict[str, torch.Tensor]:
+    """Loss weights per attribute value, for ``data.balance: loss``.
+
+    Each value of an attribute gets ``n / (k * n_v)``, where ``n`` counts the crops that label
+    the attribute, ``n_v`` those of the value and ``k`` the values present (1 for a balanced
+    attribute); a value with no crop gets 0.
+
+    Args:
+        targets: ``(N, A)`` int64 with ``-1`` for missing labels.
+        schema: Its attributes, in column order.
+
+    Returns:
+        Attribute -> ``(V_a,)`` float32 weights.
+    """
+    out = {}
+    for a, (name, values) in enumerate(schema.attributes.items()):
+        column = targets[:, a]
+        counts = torch.bincount(column[column != MISSING], minlength=len(values)).float()
+        present = counts > 0
+        w = torch.zeros_like(counts)
+        w[present] = counts.sum() / (present.sum() * counts[present])
+        out[name] = w
+    return out
+
+
 @dataclass(frozen=True)
 class FaceToHead:
     """How a face box grows into a head box: the head is wider than the face and reaches above it.
@@ -201,7 +334,8 @@ class FaceToHead:
     and extends ``top`` face heights above the face box and ``bottom`` below it. The defaults
     frame a frontal face's hair and chin the way Hard Hat Workers' whole-head boxes do (a face is
     about the lower two thirds of a head, and 0.7-0.8 of its width); turned and tilted faces, and
-    hats that stand tall, fit it less well (docs/RESULTS.md says where this shows).
+    hats that stand tall, fit it less well (README, "Several attributes"). The values are a
+    starting point, not yet chosen by measuring the classifier on val.
     """
 
     width: float = 1.3
@@ -231,3 +365,28 @@ def face_to_head_box(face_xyxy: torch.Tensor, rule: FaceToHead = FaceToHead(),
         out[:, 0::2] = out[:, 0::2].clamp(0, width)
         out[:, 1::2] = out[:, 1::2].clamp(0, height)
     return out
+
+
+def faces_to_heads(annotations: Sequence[Mapping], rule: FaceToHead, height: int, width: int) -> list[dict]:
+    """Copies of COCO face annotations whose box is the head box :func:`face_to_head_box` derives.
+
+    The face's own mask (drawn or derived) says nothing of the head, so the copies have no
+    ``segmentation`` (a mask is then derived from the head box, as for any box-only annotation)
+    and their ``area`` is the head box's.
+
+    Args:
+        annotations: COCO annotations of one image, ``bbox`` as xywh pixels.
+        rule: The geometry.
+        height, width: The image's size; head boxes are clipped to it.
+
+    Returns:
+        New annotation dicts, in order.
+    """
+    if not annotations:
+        return []
+    faces = torch.tensor([[x, y, x + w, y + h] for x, y, w, h in (a["bbox"] for a in annotations)],
+                         dtype=torch.float32)
+    heads = face_to_head_box(faces, rule, (height, width)).tolist()
+    return [{**{k: v for k, v in a.items() if k != "segmentation"},
+             "bbox": [x0, y0, x1 - x0, y1 - y0], "area": (x1 - x0) * (y1 - y0)}
+            for a, (x0, y0, x1, y1) in zip(annotations, heads)]

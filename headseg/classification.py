@@ -2,11 +2,19 @@
 
 The model (any torchvision classifier with a new head, :func:`build_classifier`), its
 checkpoints and the training behind ``tools/train_cls.py`` (:func:`train_classifier`): the new
-head alone on a frozen backbone first, then the whole network. Crops come from a crop set
+head alone on a frozen backbone first, then the whole network. Crops come from crop sets
 (:mod:`headseg.crop_sets`); the epoch loop and checkpoints are :mod:`headseg.engine`'s.
 
-Checkpoints carry the config, class names and one preprocessing record (mean/std and crop
-rules, :class:`ClsPreprocessing`), so :meth:`Classifier.load` needs nothing else.
+A classifier predicts one or several attributes (:mod:`headseg.attributes`): its head has one
+output column per attribute value and one softmax per attribute. Several crop sets, each
+labelling some attributes, train one model together (``schema`` and ``data.sources`` in the
+config); a config without a schema trains the classic one-softmax classifier over its crop
+set's classes, through the same code.
+
+Checkpoints carry the config, the attribute schema, class names (column names) and one
+preprocessing record (mean/std and crop rules, :class:`ClsPreprocessing`), so
+:meth:`Classifier.load` needs nothing else; checkpoints from before the schema load as
+single-attribute classifiers.
 
 Tensors: crops are ``(N, 3, S, S)`` float32 RGB in ``[0, 1]`` before :func:`normalize`.
 """
@@ -23,14 +31,20 @@ from typing import Any
 import torch
 import torchvision
 from torch import nn
-from torch.nn import functional as F
 from torchvision.transforms import v2
 from tqdm import tqdm
 
-from headseg.config import ClsConfig, ClsModelConfig, CropConfig, from_dict, to_dict
-from headseg.crop_sets import CropIndexDataset, check_crop_rules, crop_rules, read_class_names
+from headseg.attributes import (
+    AttributeSchema,
+    attribute_class_weights,
+    attribute_softmax,
+    balanced_sample_weights,
+    masked_attribute_loss,
+)
+from headseg.config import ClsConfig, ClsModelConfig, ClsSourceConfig, CropConfig, from_dict, to_dict
+from headseg.crop_sets import AttributeCropDataset, CropIndexDataset, check_crop_rules, crop_rules, read_class_names
 from headseg.engine import Checkpointer, default_device, load_checkpoint, seed_everything, train_one_epoch
-from headseg.evaluation import classification_metrics
+from headseg.evaluation import attribute_metrics, write_attribute_reports
 from headseg.weights import load_imagenet_state_dict, load_weights_file
 
 log = logging.getLogger(__name__)
@@ -103,6 +117,9 @@ def _load_init_weights(model: nn.Module, cfg: ClsModelConfig) -> None:
 
 def build_classifier(cfg: ClsModelConfig, num_classes: int) -> nn.Module:
     """A torchvision classifier with a new ``num_classes``-way head.
+
+    A multi-attribute classifier has one column per attribute value
+    (``len(schema.column_names)``); the schema groups them into one softmax per attribute.
 
     Args:
         cfg: Model section: ``arch`` (any ``torchvision.models`` classifier with an ``fc`` Linear or
@@ -197,17 +214,41 @@ class ClsPreprocessing:
         return cls(tuple(record["mean"]), tuple(record["std"]), from_dict(CropConfig, record["crop"]))
 
 
-def classifier_checkpoint(model: nn.Module, cfg: ClsConfig, class_names: Sequence[str],
+def classifier_checkpoint(model: nn.Module, cfg: ClsConfig, classes: Sequence[str] | AttributeSchema,
                           **extra: Any) -> dict[str, Any]:
-    """The dict saved to disk: weights, config, class names and the preprocessing record.
+    """The dict saved to disk: weights, config, schema, class names and the preprocessing record.
+
+    Args:
+        model: The classifier.
+        cfg: Its config.
+        classes: The class names of a single-attribute classifier, or the attribute schema.
+        **extra: Training state and metrics.
 
     The crop rules live in ``preprocessing`` alone; the stored config leaves its ``crop``
-    section out (:meth:`Classifier.load` puts it back).
+    section out (:meth:`Classifier.load` puts it back). ``class_names`` are the schema's column
+    names, so readers of version 2 see a multi-attribute model's columns, ``attribute/value``.
     """
+    schema = classes if isinstance(classes, AttributeSchema) else AttributeSchema.single(classes)
     prep = ClsPreprocessing(IMAGENET_MEAN, IMAGENET_STD, cfg.crop)
     config = {k: v for k, v in to_dict(cfg).items() if k != "crop"}
-    return {"kind": "headseg-classifier", "version": 2, "model": model.state_dict(), "config": config,
-            "class_names": list(class_names), "preprocessing": prep.to_dict(), **extra}
+    return {"kind": "headseg-classifier", "version": 3, "model": model.state_dict(), "config": config,
+            "class_names": schema.column_names, "schema": schema.to_dict(), "preprocessing": prep.to_dict(),
+            **extra}
+
+
+def schema_of(state: dict[str, Any]) -> AttributeSchema:
+    """The attribute schema of a checkpoint; one attribute over its classes before version 3.
+
+    Raises:
+        ValueError: the schema's columns are not the checkpoint's class names.
+    """
+    if "schema" not in state:
+        return AttributeSchema.single(state["class_names"])
+    schema = AttributeSchema.from_dict(state["schema"])
+    if schema.column_names != list(state["class_names"]):
+        raise ValueError(f"checkpoint schema columns {schema.column_names} differ from its class names "
+                         f"{state['class_names']}; the file was edited or damaged, retrain or repack it")
+    return schema
 
 
 @dataclass(frozen=True, eq=False)
@@ -217,14 +258,24 @@ class Classifier:
     Attributes:
         model: The classifier in eval mode; ``(N, 3, S, S)`` normalised crops -> ``(N, K)`` logits.
         config: Its training config (``crop`` = the preprocessing's crop rules).
-        class_names: The ``K`` attire labels, in output order.
+        class_names: The ``K`` output columns, in order: the attire labels of a single-attribute
+            classifier, ``attribute/value`` of a multi-attribute one (``schema.column_names``).
         preprocessing: Mean/std and crop rules of its input.
+        schema: Its attributes; None: one attribute over ``class_names``.
     """
 
     model: nn.Module
     config: ClsConfig
     class_names: list[str]
     preprocessing: ClsPreprocessing
+    schema: AttributeSchema | None = None
+
+    def __post_init__(self) -> None:
+        if self.schema is None:
+            object.__setattr__(self, "schema", AttributeSchema.single(self.class_names))
+        if self.schema.column_names != list(self.class_names):
+            raise ValueError(f"class_names {self.class_names} are not the schema's columns "
+                             f"{self.schema.column_names}")
 
     @classmethod
     def load(cls, path: str | Path | dict[str, Any], device: str | torch.device = "cpu") -> "Classifier":
@@ -236,11 +287,12 @@ class Classifier:
         """
         state = _state(path)
         prep = ClsPreprocessing.from_checkpoint(state)
+        schema = schema_of(state)
         cfg = from_dict(ClsConfig, {**state["config"], "crop": to_dict(prep.crop)})
         # The checkpoint's weights replace any initialisation: never read ImageNet files here.
-        model = build_classifier(dataclasses.replace(cfg.model, weights="none"), len(state["class_names"]))
+        model = build_classifier(dataclasses.replace(cfg.model, weights="none"), len(schema.column_names))
         model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state["model"].items()})
-        return cls(model.eval().to(device), cfg, list(state["class_names"]), prep)
+        return cls(model.eval().to(device), cfg, schema.column_names, prep, schema)
 
 
 def _state(checkpoint: str | Path | dict[str, Any]) -> dict[str, Any]:
@@ -288,23 +340,28 @@ def normalize(crops: torch.Tensor, mean: Sequence[float] = IMAGENET_MEAN,
 
 
 @torch.inference_mode()
-def predict_probs(model: nn.Module, crops_normalized: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-    """Softmax class probabilities of normalised crops, in batches, in eval mode.
+def predict_probs(model: nn.Module, crops_normalized: torch.Tensor, batch_size: int = 256,
+                  schema: AttributeSchema | None = None) -> torch.Tensor:
+    """Class probabilities of normalised crops, in batches, in eval mode.
 
     Args:
         model: A classifier from :func:`build_classifier`/:func:`load_classifier`.
         crops_normalized: ``(N, 3, S, S)`` float32 from :func:`normalize`, on any device.
         batch_size: Crops per forward pass.
+        schema: The classifier's attributes (``Classifier.schema``): one softmax per attribute
+            (:func:`headseg.attributes.attribute_softmax`); None: one softmax over all ``K``.
 
     Returns:
-        ``(N, K)`` float32 on the CPU, rows summing to 1; ``(0, K)`` when ``N == 0``.
+        ``(N, K)`` float32 on the CPU, each attribute's columns summing to 1; ``(0, K)`` when
+        ``N == 0``.
     """
     device = next(model.parameters()).device
+    schema = schema or AttributeSchema.single([str(k) for k in range(_num_classes(model))])
     # Restored module by module: a training model may hold frozen batch norms in eval mode.
     modes = [(m, m.training) for m in model.modules()]
     model.eval()
     try:
-        out = [F.softmax(model(crops_normalized[i:i + batch_size].to(device)).float(), dim=1).cpu()
+        out = [attribute_softmax(model(crops_normalized[i:i + batch_size].to(device)), schema).cpu()
                for i in range(0, crops_normalized.shape[0], batch_size)]
     finally:
         for m, training in modes:
@@ -338,32 +395,63 @@ class IndexPredictions:
     """A classifier's output on a crop index."""
 
     paths: list[Path]  # crop files, in index order
-    labels: torch.Tensor  # (N,) int64 true class indices
-    probs: torch.Tensor  # (N, K) float32 softmax probabilities
+    targets: torch.Tensor  # (N, A) int64 true value index per attribute, -1 where the source is silent
+    probs: torch.Tensor  # (N, K) float32 probabilities, one softmax per attribute
+    source: str  # the schema source whose category mapping read the index's labels
 
 
-def predict_index(model: nn.Module, index_csv: str | Path, class_names: Sequence[str],
-                  prep: ClsPreprocessing, device: str | torch.device = "cpu", batch_size: int = 128,
+def predict_index(model: nn.Module, index_csv: str | Path, schema: AttributeSchema, prep: ClsPreprocessing,
+                  source: str | None = None, device: str | torch.device = "cpu", batch_size: int = 128,
                   progress: bool = True) -> IndexPredictions:
-    """Class probabilities for every crop of an index (crop rules checked against ``prep``)."""
+    """Probabilities for every crop of an index (crop rules checked against ``prep``).
+
+    Args:
+        model: The classifier.
+        index_csv: ``index.csv`` of a crop set.
+        schema: The classifier's schema (``Classifier.schema``).
+        prep: Its preprocessing record.
+        source: The schema source that labelled the crop set; None: the one source whose
+            categories cover the index's labels (a single-attribute classifier's own classes).
+        device, batch_size, progress: How to run.
+
+    Raises:
+        ValueError: crops cut with other rules, or labels no (or more than one) source maps.
+    """
     check_crop_rules(index_csv, prep.crop)
-    dataset = CropIndexDataset(index_csv, class_names)
+    source = source or schema.source_of(sorted({r["label"] for r in CropIndexDataset(index_csv).rows}))
+    dataset = AttributeCropDataset({source: index_csv}, schema)
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
-    probs = [predict_probs(model, normalize(x.to(device), prep.mean, prep.std), batch_size)
+    probs = [predict_probs(model, normalize(x.to(device), prep.mean, prep.std), batch_size, schema)
              for x, _ in tqdm(loader, desc="predict", disable=not progress, leave=False)]
-    return IndexPredictions([dataset.path(i) for i in range(len(dataset))],
-                            torch.tensor(dataset.labels, dtype=torch.int64),
-                            torch.cat(probs) if probs else torch.empty((0, len(class_names))))
+    return IndexPredictions([dataset.path(i) for i in range(len(dataset))], dataset.targets,
+                            torch.cat(probs) if probs else torch.empty((0, len(schema.column_names))),
+                            source)
 
 
 # ----------------------------------------------------------------------------- training
 
 
+def training_sources(cfg: ClsConfig) -> tuple[AttributeSchema, tuple[ClsSourceConfig, ...]]:
+    """The schema and crop sets a config trains on.
+
+    With ``schema`` these are the config's own; without, one attribute over the train crop
+    set's classes and that one crop set (the classic classifier, through the same code).
+    """
+    if cfg.schema is not None:
+        return cfg.schema, cfg.data.sources
+    schema = AttributeSchema.single(read_class_names(cfg.data.train_index))
+    return schema, (ClsSourceConfig(next(iter(schema.sources)), cfg.data.train_index, cfg.data.val_index),)
+
+
 def _check_train_config(cfg: ClsConfig) -> None:
     t = cfg.train
-    if not cfg.data.train_index:
+    if cfg.schema is None and not cfg.data.train_index:
         raise ValueError("data.train_index is empty; pass --set data.train_index=work_data/crops_X/train/index.csv"
                          " (written by tools/make_crops.py)")
+    empty = [s.name for s in cfg.data.sources if not s.train_index]
+    if empty:
+        raise ValueError(f"data.sources {empty} have no train_index; give each the index.csv written by "
+                         "tools/make_crops.py")
     if cfg.data.balance not in ("sampler", "loss", "none"):
         raise ValueError(f"data.balance={cfg.data.balance!r} is not one of sampler, loss, none")
     if not 0 <= t.frozen_epochs <= t.epochs:
@@ -382,16 +470,16 @@ def _make_optimizer(model: nn.Module, cfg: ClsConfig, phase: str) -> torch.optim
     return torch.optim.Adam(params, lr=lr, weight_decay=t.weight_decay)
 
 
-def _loader(dataset: CropIndexDataset, cfg: ClsConfig, epoch: int, train: bool) -> torch.utils.data.DataLoader:
+def _loader(dataset: AttributeCropDataset, cfg: ClsConfig, epoch: int, train: bool) -> torch.utils.data.DataLoader:
     t = cfg.train
     # Order and augmentation depend only on (seed, epoch), so a resumed run sees the same batches.
     generator = torch.Generator().manual_seed(t.seed * 1000 + epoch)
     sampler: torch.utils.data.Sampler | None = None
     if train and cfg.data.balance == "sampler":
-        counts = dataset.class_counts()
-        weights = torch.tensor([1.0 / counts[y] for y in dataset.labels], dtype=torch.double)
-        sampler = torch.utils.data.WeightedRandomSampler(weights, len(dataset), replacement=True,
-                                                         generator=generator)
+        # Every value of every attribute drawn equally often, whichever crop set holds it; with
+        # one attribute, each crop's weight is 1 / its class's count.
+        sampler = torch.utils.data.WeightedRandomSampler(balanced_sample_weights(dataset.targets), len(dataset),
+                                                         replacement=True, generator=generator)
     elif train:
         sampler = torch.utils.data.RandomSampler(dataset, generator=generator)
     return torch.utils.data.DataLoader(dataset, batch_size=t.batch_size, sampler=sampler,
@@ -399,87 +487,90 @@ def _loader(dataset: CropIndexDataset, cfg: ClsConfig, epoch: int, train: bool) 
                                        drop_last=False, persistent_workers=False)
 
 
-def _class_weights(dataset: CropIndexDataset) -> torch.Tensor:
-    """``N / (K * n_c)`` per class (1 for a balanced set); 0 for a class with no crops."""
-    counts = torch.tensor(dataset.class_counts(), dtype=torch.float32)
-    present = counts > 0
-    w = torch.zeros_like(counts)
-    w[present] = counts.sum() / (present.sum() * counts[present])
-    return w
-
-
 @torch.inference_mode()
-def _validate(model: nn.Module, dataset: CropIndexDataset, cfg: ClsConfig, device: torch.device,
-              progress: bool) -> dict[str, float]:
+def _validate(model: nn.Module, dataset: AttributeCropDataset, cfg: ClsConfig, device: torch.device,
+              progress: bool) -> tuple[dict[str, float], dict[str, Any]]:
+    """Val loss and metrics (:func:`headseg.evaluation.attribute_metrics`, keys ``val/...``), and
+    the confusion matrices per attribute."""
     model.eval()
-    logits, labels = [], []
-    for x, y in tqdm(_loader(dataset, cfg, 0, train=False), desc="val", disable=not progress, leave=False):
-        logits.append(model(normalize(x.to(device))).float().cpu())
-        labels.append(y)
-    logit, label = torch.cat(logits), torch.cat(labels)
-    metrics = classification_metrics(label, logit.argmax(1), dataset.class_names)
-    return {"loss/val": float(F.cross_entropy(logit, label)),
-            **{f"val/{k}": v for k, v in metrics.items()}}
+    logits = [model(normalize(x.to(device))).float().cpu()
+              for x, _ in tqdm(_loader(dataset, cfg, 0, train=False), desc="val", disable=not progress, leave=False)]
+    schema = dataset.schema
+    logit = torch.cat(logits) if logits else torch.empty((0, len(schema.column_names)))
+    metrics, matrices = attribute_metrics(dataset.targets, attribute_softmax(logit, schema), schema)
+    loss = masked_attribute_loss(schema.split(logit), dataset.targets)
+    return {"loss/val": float(loss), **{f"val/{k}": v for k, v in metrics.items()}}, matrices
 
 
-def _crop_rules_of_training(cfg: ClsConfig) -> CropConfig:
-    """The crop rules training records: the crop set's own (``crops.json``), else the config's.
+def _crop_rules_of_training(cfg: ClsConfig, sources: Sequence[ClsSourceConfig]) -> CropConfig:
+    """The crop rules training records: the first crop set's own (``crops.json``), else the config's.
 
     Raises:
         ValueError: the config names crop rules (differing from the defaults) that the crop set
-            was not cut with.
+            was not cut with, or the crop sets were cut with different rules.
     """
-    cut = crop_rules(cfg.data.train_index)
+    first = sources[0].train_index
+    cut = crop_rules(first)
     if cut is None:
-        log.warning("%s has no crops.json; assuming its crops follow %s", cfg.data.train_index, cfg.crop)
-        return cfg.crop
-    if cfg.crop != CropConfig() and cfg.crop != cut:
-        check_crop_rules(cfg.data.train_index, cfg.crop)  # raises, naming the difference
+        log.warning("%s has no crops.json; assuming its crops follow %s", first, cfg.crop)
+        cut = cfg.crop
+    elif cfg.crop != CropConfig() and cfg.crop != cut:
+        check_crop_rules(first, cfg.crop)  # raises, naming the difference
+    for index in [s.train_index for s in sources[1:]] + [s.val_index for s in sources if s.val_index]:
+        check_crop_rules(index, cut)
     return cut
 
 
 def train_classifier(cfg: ClsConfig, out_dir: str | Path, resume: bool = False,
                      device: str | torch.device | None = None, progress: bool = True) -> dict[str, Any]:
-    """Fine-tune an attire classifier on a crop index; the loop behind ``tools/train_cls.py``.
+    """Fine-tune an attire classifier on crop sets; the loop behind ``tools/train_cls.py``.
 
     Epochs ``< train.frozen_epochs`` train the new head alone (Adam, ``train.lr``) on a frozen
     backbone whose batch norms stay in eval mode; later epochs train everything at
-    ``lr * unfrozen_lr_factor``. Class imbalance is met by a ``WeightedRandomSampler``
-    (``data.balance=sampler``) or class weights in the loss (``loss``). Val macro-F1 picks
-    ``best.pt`` (val loss breaks ties); training stops once ``train.patience`` epochs pass without a
-    better one (never during the frozen phase). Without ``data.val_index`` the lowest training
-    loss picks. The crop rules are the train crop set's own (its ``crops.json``); the val set
-    must have been cut alike. Writes ``last.pt`` every epoch (atomically, with optimizer, phase
-    and RNG state, so ``resume=True`` continues), ``best.pt``, ``metrics.csv``, ``curves.png``
-    and ``config.yaml`` to ``out_dir`` (:class:`headseg.engine.Checkpointer`).
+    ``lr * unfrozen_lr_factor``. The crop sets are ``data.train_index`` (one attribute over its
+    classes) or, with a ``schema``, every entry of ``data.sources`` together: each crop adds
+    loss only for the attributes its source labels (:func:`headseg.attributes.masked_attribute_loss`).
+    Imbalance is met by a ``WeightedRandomSampler`` that draws every value of every attribute
+    equally often (``data.balance=sampler``) or by per-attribute class weights in the loss
+    (``loss``). Val macro-F1, averaged over the attributes, picks ``best.pt`` (val loss breaks
+    ties); training stops once ``train.patience`` epochs pass without a better one (never during
+    the frozen phase). Without val crops the lowest training loss picks. The crop rules are the
+    first train crop set's own (its ``crops.json``); every other set must have been cut alike.
+    Writes ``last.pt`` every epoch (atomically, with optimizer, phase and RNG state, so
+    ``resume=True`` continues), ``best.pt``, ``metrics.csv``, ``curves.png``, ``config.yaml``
+    (:class:`headseg.engine.Checkpointer`) and the best epoch's val confusion matrices
+    (``val[_{attribute}]_confusion.png``/``.csv``) to ``out_dir``.
 
     Returns:
         ``{"best": best val macro-F1, "best_epoch", "epochs": epochs run in total,
-        "stopped_early": bool, "out_dir": Path, "last": last val metrics, "class_names"}``.
+        "stopped_early": bool, "out_dir": Path, "last": last val metrics, "class_names",
+        "schema"}``.
 
     Raises:
         NonFiniteLossError: the loss became NaN/inf; the message names epoch and step.
         ValueError: bad config, unknown labels, or crop sets cut with other rules.
     """
     _check_train_config(cfg)
-    cfg = dataclasses.replace(cfg, crop=_crop_rules_of_training(cfg))
-    checkpointer = Checkpointer(out_dir, "classifier", ("val/macro_f1", "val/accuracy", "val/balanced_accuracy"))
+    schema, sources = training_sources(cfg)
+    cfg = dataclasses.replace(cfg, crop=_crop_rules_of_training(cfg, sources))
+    multi = [f"val/{a}/macro_f1" for a in schema.names] if len(schema.attributes) > 1 else []
+    checkpointer = Checkpointer(out_dir, "classifier",
+                                ("val/macro_f1", "val/accuracy", "val/balanced_accuracy", *multi))
     device = torch.device(device) if device else default_device()
     t = cfg.train
     seed_everything(t.seed)
-    class_names = read_class_names(cfg.data.train_index)
-    train_set = CropIndexDataset(cfg.data.train_index, class_names, crop_transforms(cfg.crop, t.augment))
+    train_set = AttributeCropDataset({s.name: s.train_index for s in sources}, schema,
+                                     crop_transforms(cfg.crop, t.augment))
     if len(train_set) == 0:
-        raise ValueError(f"{cfg.data.train_index} lists no crops; nothing to train on")
-    val_set = None
-    if cfg.data.val_index:
-        check_crop_rules(cfg.data.val_index, cfg.crop)
-        val_set = CropIndexDataset(cfg.data.val_index, class_names, crop_transforms(cfg.crop, False))
-    log.info("classes %s; train crops per class %s", class_names, train_set.class_counts())
+        raise ValueError(f"{[s.train_index for s in sources]} list no crops; nothing to train on")
+    val_indexes = {s.name: s.val_index for s in sources if s.val_index}
+    val_set = AttributeCropDataset(val_indexes, schema, crop_transforms(cfg.crop, False)) if val_indexes else None
+    log.info("attributes %s; train crops per value %s", schema.attributes, train_set.value_counts())
 
-    model = build_classifier(cfg.model, len(class_names)).to(device)
-    weight = _class_weights(train_set).to(device) if cfg.data.balance == "loss" else None
-    criterion = nn.CrossEntropyLoss(weight=weight, label_smoothing=t.label_smoothing)
+    model = build_classifier(cfg.model, len(schema.column_names)).to(device)
+    weights = None
+    if cfg.data.balance == "loss":
+        weights = {k: w.to(device) for k, w in attribute_class_weights(train_set.targets, schema).items()}
     steps_per_epoch = -(-len(train_set) // t.batch_size)
     if t.max_iters:
         steps_per_epoch = min(steps_per_epoch, t.max_iters)
@@ -487,16 +578,18 @@ def train_classifier(cfg: ClsConfig, out_dir: str | Path, resume: bool = False,
     bad_epochs, stopped = 0, False
     state = checkpointer.resume(resume)
     if state is not None:
-        if state["class_names"] != class_names:
-            raise ValueError(f"{checkpointer.last_path} was trained on classes {state['class_names']}, the "
-                             f"index has {class_names}; resume with the same crop set or choose a new --out")
+        if schema_of(state) != schema:
+            raise ValueError(f"{checkpointer.last_path} was trained on {schema_of(state).attributes}, the "
+                             f"crop sets give {schema.attributes}; resume with the same crop sets or "
+                             "choose a new --out")
         model.load_state_dict(state["model"])
         bad_epochs, stopped = state["bad_epochs"], state["stopped_early"]
     checkpointer.write_config(to_dict(cfg))
 
     def compute_losses(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[dict[str, torch.Tensor], int]:
         x, y = batch
-        return {"loss": criterion(model(normalize(x.to(device))), y.to(device))}, len(y)
+        logits = schema.split(model(normalize(x.to(device))))
+        return {"loss": masked_attribute_loss(logits, y.to(device), t.label_smoothing, weights)}, len(y)
 
     start = checkpointer.start_epoch
     phase, optimizer, last_metrics, epoch = None, None, {}, start - 1
@@ -517,20 +610,23 @@ def train_classifier(cfg: ClsConfig, out_dir: str | Path, resume: bool = False,
         row = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"], "frozen": float(phase == "frozen"),
                "epoch_seconds": stats["seconds"],
                "crops_per_second": stats["samples"] / max(stats["seconds"], 1e-9), "loss": stats["loss"]}
+        matrices: dict[str, Any] = {}
         if val_set is not None:
-            last_metrics = _validate(model, val_set, cfg, device, progress)
+            last_metrics, matrices = _validate(model, val_set, cfg, device, progress)
             row.update(last_metrics)
         # Macro-F1 saturates on small val sets (hardhat: 77 crops); the val loss breaks ties.
         score, tie = last_metrics.get("val/macro_f1", -row["loss"]), last_metrics.get("loss/val", row["loss"])
         bad_epochs = 0 if checkpointer.is_improvement(score, tie) else bad_epochs + 1
         stopped = bad_epochs >= t.patience and phase == "full" and epoch + 1 < t.epochs
-        checkpointer.end_epoch(epoch, classifier_checkpoint(
-            model, cfg, class_names, metrics=last_metrics, phase=phase, bad_epochs=bad_epochs,
+        improved = checkpointer.end_epoch(epoch, classifier_checkpoint(
+            model, cfg, schema, metrics=last_metrics, phase=phase, bad_epochs=bad_epochs,
             stopped_early=stopped, optimizer=optimizer.state_dict()), score, row, tie)
+        if improved and matrices:
+            write_attribute_reports(checkpointer.out_dir / "val", schema, matrices)
         if stopped:
             log.info("early stop after epoch %d: no better val macro-F1 for %d epochs (best %.4f at epoch %d)",
                      epoch + 1, bad_epochs, checkpointer.best, checkpointer.best_epoch + 1)
             break
     return {"best": checkpointer.best, "best_epoch": checkpointer.best_epoch, "epochs": epoch + 1,
             "stopped_early": stopped, "out_dir": checkpointer.out_dir, "last": last_metrics,
-            "class_names": class_names}
+            "class_names": schema.column_names, "schema": schema}

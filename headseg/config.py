@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import types
 import typing
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -16,6 +17,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
+
+from headseg.attributes import AttributeSchema
 
 T = TypeVar("T")
 
@@ -103,10 +106,24 @@ class CropConfig:
 
 
 @dataclass(frozen=True)
+class ClsSourceConfig:
+    """One crop set of a multi-attribute run; ``schema.sources[name]`` says what its labels mean."""
+
+    name: str = ""  # a source of the schema, e.g. `hhw`
+    train_index: str = ""  # crop index CSV written by tools/make_crops.py
+    val_index: str = ""  # optional; every source's val crops together choose the best epoch
+
+
+@dataclass(frozen=True)
 class ClsDataConfig:
     train_index: str = ""  # crop index CSV written by tools/make_crops.py
     val_index: str = ""  # chooses the best epoch (macro-F1)
-    balance: str = "sampler"  # `sampler`, `loss` (class weights) or `none`; facemask is 26:1
+    # Several crop sets trained together, one per schema source (needs `schema`); empty: the one
+    # crop set above, as a single-attribute classifier always trained.
+    sources: tuple[ClsSourceConfig, ...] = ()
+    # `sampler`, `loss` (class weights) or `none`; facemask is 26:1. With several attributes the
+    # sampler gives every value of every attribute equal draws (attributes.balanced_sample_weights).
+    balance: str = "sampler"
     workers: int = 2
 
 
@@ -139,6 +156,31 @@ class ClsConfig:
     model: ClsModelConfig = field(default_factory=ClsModelConfig)
     crop: CropConfig = field(default_factory=CropConfig)
     train: ClsTrainConfig = field(default_factory=ClsTrainConfig)
+    # Attributes, their values and each source's category mapping (configs/cls_multi.yaml), with
+    # `data.sources`; None: one attribute whose values are the crop set's classes, the
+    # single-softmax classifier every config without it trains.
+    schema: AttributeSchema | None = None
+
+    def __post_init__(self) -> None:
+        sources = self.data.sources
+        if self.schema is None:
+            if sources:
+                raise ValueError(f"data.sources names {[s.name for s in sources]} but there is no "
+                                 "schema saying what their labels mean; add a `schema` section "
+                                 "(configs/cls_multi.yaml) or use data.train_index alone")
+            return
+        if not sources:
+            raise ValueError("a schema is given but data.sources is empty; list one entry {name, "
+                             "train_index, val_index} per schema source (configs/cls_multi.yaml)")
+        if self.data.train_index or self.data.val_index:
+            raise ValueError(f"data.train_index={self.data.train_index!r}, data.val_index="
+                             f"{self.data.val_index!r} with a schema; give each crop set as an "
+                             "entry of data.sources instead")
+        names = [s.name for s in sources]
+        unknown = [n for n in names if n not in self.schema.sources]
+        if unknown or len(set(names)) != len(names):
+            raise ValueError(f"data.sources names {names}; expected distinct names among the schema's "
+                             f"sources {sorted(self.schema.sources)}")
 
 
 # ----------------------------------------------------------------------------- loading
@@ -150,6 +192,13 @@ def _field_types(cls: type) -> dict[str, Any]:
 
 def _coerce(value: Any, annotation: Any, key: str) -> Any:
     """Convert a YAML or command-line value to the field's declared type."""
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        if value is None and type(None) in typing.get_args(annotation):
+            return None
+        (inner,) = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return _coerce(value, inner, key)
+    if dataclasses.is_dataclass(annotation) and isinstance(value, annotation):
+        return value
     if dataclasses.is_dataclass(annotation):
         if not isinstance(value, dict):
             raise ValueError(f"config key '{key}' expects a mapping, got {value!r}")

@@ -6,8 +6,11 @@ writes ``crops/*.png`` plus ``index.csv`` (columns ``crop, label, image_id, ann_
 source_image, source[, score, iou]``), ``classes.txt`` (class names in order) and
 ``crops.json`` (the crop rules and where the masks came from). With box-only data such as the
 shared real sets, the masks are *derived* from the boxes (inscribed ellipses), never drawn by
-hand, and ``crops.json`` says so. :class:`CropIndexDataset` reads a crop set back;
-:func:`crop_rules` gives the rules it was cut with, which training adopts.
+hand, and ``crops.json`` says so. Face boxes (facemask) can be grown into head boxes first
+(``face_to_head``, :func:`headseg.attributes.face_to_head_box`), so their crops are framed like
+head crops. :class:`CropIndexDataset` reads a crop set back, :class:`AttributeCropDataset`
+several at once with one target per attribute; :func:`crop_rules` gives the rules a set was cut
+with, which training adopts.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import torch
 from torchvision.ops import box_iou
 from tqdm import tqdm
 
+from headseg.attributes import AttributeSchema, FaceToHead, faces_to_heads
 from headseg.config import CropConfig, from_dict, to_dict
 from headseg.crops import crop_head
 from headseg.data import CocoHeads, annotation_mask
@@ -80,7 +84,8 @@ def _predicted_heads(segmenter: Segmenter, image: np.ndarray, anns: list[dict[st
 
 def make_crop_set(coco: CocoHeads, out_dir: str | Path, crop: CropConfig, segmenter: Segmenter | None = None,
                   score_thresh: float = 0.5, iou_thresh: float = 0.5, background: bool = False,
-                  device: str | torch.device = "cpu", progress: bool = True) -> Path:
+                  device: str | torch.device = "cpu", progress: bool = True,
+                  face_to_head: FaceToHead | None = None) -> Path:
     """Cut one crop per head and write ``out_dir/crops/*.png``, ``index.csv``, ``classes.txt``, ``crops.json``.
 
     Args:
@@ -96,6 +101,9 @@ def make_crop_set(coco: CocoHeads, out_dir: str | Path, crop: CropConfig, segmen
         background: Keep unmatched predictions as class ``background``; otherwise drop them.
         device: Where the segmenter runs.
         progress: Show a tqdm bar.
+        face_to_head: The annotations are face boxes (facemask): derive a head box from each
+            by this rule (:func:`headseg.attributes.faces_to_heads`) before cropping or matching predictions, so
+            the crops are framed like the pipeline's head crops; ``crops.json`` records it.
 
     Returns:
         Path of ``index.csv``; ``crop`` paths in it are relative to its folder.
@@ -113,6 +121,8 @@ def make_crop_set(coco: CocoHeads, out_dir: str | Path, crop: CropConfig, segmen
             continue
         image = read_image(coco.image_path(image_id))
         h, w = image.shape[:2]
+        if face_to_head is not None:
+            anns = faces_to_heads(anns, face_to_head, h, w)
         if pred:
             heads = _predicted_heads(segmenter, image, anns, class_of, score_thresh, iou_thresh,
                                      torch.device(device))
@@ -144,9 +154,12 @@ def make_crop_set(coco: CocoHeads, out_dir: str | Path, crop: CropConfig, segmen
     names = coco.class_names + ([BACKGROUND] if pred and background else [])
     write_text(out_dir / "classes.txt", "\n".join(names) + "\n")
     write_json(out_dir / "crops.json", {"coco": str(coco.path), "source": "pred" if pred else "gt",
-                                        "crop": to_dict(crop), "derived_masks": coco.derived_masks,
+                                        "crop": to_dict(crop),
+                                        "derived_masks": coco.derived_masks or (derived if face_to_head else None),
                                         "score_thresh": score_thresh if pred else None,
-                                        "iou_thresh": iou_thresh if pred else None, "num_crops": len(rows),
+                                        "iou_thresh": iou_thresh if pred else None,
+                                        "face_to_head": to_dict(face_to_head) if face_to_head else None,
+                                        "num_crops": len(rows),
                                         "labels": dict(Counter(r["label"] for r in rows))})
     return write_text(out_dir / "index.csv", buf.getvalue())
 
@@ -207,14 +220,16 @@ class CropIndexDataset(torch.utils.data.Dataset):
     """Crops listed in an ``index.csv`` as ``(crop, label)`` pairs.
 
     Each item is a float32 ``(3, S, S)`` RGB tensor in ``[0, 1]`` (``transform`` gets the uint8
-    tensor; its output is scaled to [0, 1] if still uint8) and the label's index in ``class_names``.
+    tensor; its output is scaled to [0, 1] if still uint8) and the label's index in ``class_names``
+    (None: the crop set's own, :func:`read_class_names`).
     """
 
-    def __init__(self, index_csv: str | Path, class_names: Sequence[str], transform: Any = None) -> None:
+    def __init__(self, index_csv: str | Path, class_names: Sequence[str] | None = None,
+                 transform: Any = None) -> None:
         self.index_csv = Path(index_csv)
         self.root = self.index_csv.parent
         self.rows = _read_index(self.index_csv)
-        self.class_names = list(class_names)
+        self.class_names = list(class_names) if class_names is not None else read_class_names(self.index_csv)
         lookup = {n: i for i, n in enumerate(self.class_names)}
         unknown = sorted({r["label"] for r in self.rows} - set(lookup))
         if unknown:
@@ -248,3 +263,66 @@ class CropIndexDataset(torch.utils.data.Dataset):
     def class_counts(self) -> list[int]:
         counts = Counter(self.labels)
         return [counts.get(i, 0) for i in range(len(self.class_names))]
+
+
+class AttributeCropDataset(torch.utils.data.Dataset):
+    """The crop sets of several sources as one dataset with a target per attribute.
+
+    Crop ``i`` of source ``s`` labelled ``c`` has targets ``schema.targets(s, c)``: the value
+    index of the attribute that ``c`` maps to, ``-1`` (:data:`headseg.attributes.MISSING`) for
+    every attribute its source does not label. Items are ``(crop, targets)``: a float32
+    ``(3, S, S)`` RGB tensor in ``[0, 1]`` and an ``(A,)`` int64 tensor. A single-attribute
+    classifier reads its one crop set through this too, with ``AttributeSchema.single(classes,
+    source=...)``.
+
+    Args:
+        indexes: Source name -> its ``index.csv`` (written by ``tools/make_crops.py``).
+        schema: Attributes and each source's category mapping.
+        transform: As for :class:`CropIndexDataset`.
+
+    Raises:
+        FileNotFoundError: an index is missing.
+        ValueError: an index holds a label its source does not map (the index is named).
+    """
+
+    def __init__(self, indexes: dict[str, str | Path], schema: AttributeSchema, transform: Any = None) -> None:
+        self.schema = schema
+        self.sets = {name: CropIndexDataset(path, None, transform) for name, path in indexes.items()}
+        targets, self.sources, self._where = [], [], []
+        for name, ds in self.sets.items():
+            lookup = {}
+            for label in sorted({r["label"] for r in ds.rows}):
+                try:
+                    lookup[label] = schema.targets(name, label)
+                except ValueError as e:
+                    raise ValueError(f"{ds.index_csv}: {e}; add it to schema.sources.{name}, or drop "
+                                     "those rows") from None
+            targets += [lookup[r["label"]] for r in ds.rows]
+            self.sources += [name] * len(ds)
+            self._where += [(ds, i) for i in range(len(ds))]
+        self.targets = torch.tensor(targets, dtype=torch.int64).reshape(-1, len(schema.attributes))
+
+    def __len__(self) -> int:
+        return len(self._where)
+
+    def path(self, i: int) -> Path:
+        ds, j = self._where[i]
+        return ds.path(j)
+
+    def image(self, i: int) -> np.ndarray:
+        """Crop ``i`` as ``(S, S, 3)`` uint8 RGB."""
+        ds, j = self._where[i]
+        return ds.image(j)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        ds, j = self._where[i]
+        return ds[j][0], self.targets[i]
+
+    def value_counts(self) -> dict[str, dict[str, int]]:
+        """Attribute -> value -> crops labelling it (for the training log)."""
+        out = {}
+        for a, (name, values) in enumerate(self.schema.attributes.items()):
+            column = self.targets[:, a]
+            counts = torch.bincount(column[column >= 0], minlength=len(values)).tolist()
+            out[name] = dict(zip(values, counts))
+        return out

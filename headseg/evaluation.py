@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import csv
+import dataclasses
 import difflib
 import io
 import json
@@ -36,6 +37,8 @@ from headseg.io import atomic_write, write_text
 
 if TYPE_CHECKING:
     import torch
+
+    from headseg.attributes import AttributeSchema, FaceToHead
 
 logger = logging.getLogger(__name__)
 
@@ -726,3 +729,230 @@ def plot_worst_mistakes(images: Sequence[np.ndarray] | Callable[[int], np.ndarra
         ax.axis("off")
     fig.tight_layout()
     return atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
+
+
+# ----------------------------------------------------------------------------- several attributes
+
+
+def attribute_prefix(schema: AttributeSchema, attribute: str) -> str:
+    """``""`` for a single-attribute schema (its keys and files stay a one-softmax classifier's),
+    else ``"{attribute}/"``: the prefix of an attribute's metric keys."""
+    return "" if len(schema.attributes) == 1 else f"{attribute}/"
+
+
+def attribute_metrics(targets: torch.Tensor, probs: torch.Tensor, schema: AttributeSchema
+                      ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """:func:`classification_metrics` per attribute, over the crops that label it, and their means.
+
+    An attribute no crop labels is left out (a facemask crop set says nothing of headwear); a
+    single-attribute schema is always scored, with the keys of :func:`classification_metrics`.
+
+    Args:
+        targets: ``(N, A)`` int64 value indices, ``-1`` where the crop's source is silent.
+        probs: ``(N, sum of values)`` probabilities (:func:`headseg.attributes.attribute_softmax`).
+        schema: The classifier's schema.
+
+    Returns:
+        The flat metrics: per attribute ``{attribute}/macro_f1``, ``{attribute}/f1/{value}``...
+        (no prefix with one attribute), and ``macro_f1``, ``accuracy``, ``balanced_accuracy``
+        averaged over the attributes scored (best-checkpoint selection uses that ``macro_f1``);
+        and attribute -> ``(V, V)`` confusion matrix.
+    """
+    targets = _to_numpy(targets, "targets").reshape(len(targets), -1)
+    blocks = schema.split(probs)
+    metrics: dict[str, float] = {}
+    matrices: dict[str, np.ndarray] = {}
+    for a, (name, values) in enumerate(schema.attributes.items()):
+        labelled = targets[:, a] >= 0
+        if not labelled.any() and len(schema.attributes) > 1:
+            continue
+        pred = _to_numpy(blocks[name], "probs").argmax(1)[labelled] if len(probs) else np.zeros(0, np.int64)
+        prefix = attribute_prefix(schema, name)
+        metrics.update({prefix + k: v for k, v in
+                        classification_metrics(targets[labelled, a], pred, values).items()})
+        matrices[name] = confusion_matrix(targets[labelled, a], pred, len(values))
+    if len(schema.attributes) > 1:
+        for key in ("macro_f1", "accuracy", "balanced_accuracy"):
+            scored = [metrics[f"{n}/{key}"] for n in matrices]
+            metrics[key] = float(np.mean(scored)) if scored else 0.0
+    return metrics, matrices
+
+
+def write_attribute_reports(stem: str | Path, schema: AttributeSchema, matrices: Mapping[str, np.ndarray],
+                            targets: torch.Tensor | None = None, probs: torch.Tensor | None = None,
+                            images: Callable[[int], np.ndarray] | None = None,
+                            max_mistakes: int = 24) -> list[Path]:
+    """Per attribute: ``{stem}[_{attribute}]_confusion.csv`` and ``.png``, and with ``images``
+    the mistakes gallery ``{stem}[_{attribute}]_mistakes.png`` of the crops that label it.
+
+    The ``_{attribute}`` part is left out for a single-attribute schema, so a one-softmax
+    classifier's files keep their names.
+
+    Args:
+        stem: Path prefix of the files.
+        schema: The classifier's schema.
+        matrices: Attribute -> confusion matrix, from :func:`attribute_metrics`.
+        targets, probs: As for :func:`attribute_metrics`; needed for the galleries.
+        images: Crop index -> ``(S, S, 3)`` uint8 RGB; None: no galleries.
+        max_mistakes: Crops per gallery.
+
+    Returns:
+        The files written.
+    """
+    written = []
+    for name, cm in matrices.items():
+        values = schema.attributes[name]
+        base = f"{stem}{'_' + name if len(schema.attributes) > 1 else ''}"
+        written += [write_confusion_csv(cm, values, f"{base}_confusion.csv"),
+                    plot_confusion_matrix(cm, values, f"{base}_confusion.png")]
+        if images is not None and targets is not None and probs is not None:
+            a = schema.names.index(name)
+            rows = (targets[:, a] >= 0).nonzero().flatten().tolist()
+            written.append(plot_worst_mistakes(lambda k, rows=rows: images(rows[k]), targets[rows, a],
+                                               schema.split(probs)[name][rows], values,
+                                               f"{base}_mistakes.png", max_mistakes))
+    return written
+
+
+def write_attribute_predictions(path: str | Path, crops: Sequence[str | Path], targets: torch.Tensor,
+                                probs: torch.Tensor, schema: AttributeSchema, attributes: Sequence[str]) -> Path:
+    """One CSV row per crop: ``crop``, then per attribute of ``attributes`` its ``label`` (empty
+    where the crop's source is silent), ``pred`` and ``prob`` (prefixed ``{attribute}/`` with several
+    attributes), then ``p/{column}`` for every output column.
+
+    Args:
+        path: Output CSV, written atomically.
+        crops: ``N`` crop paths.
+        targets, probs: As for :func:`attribute_metrics`.
+        schema: The classifier's schema.
+        attributes: The attributes to give columns to (those the crop set labels).
+    """
+    blocks = schema.split(probs)
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["crop", *(attribute_prefix(schema, a) + k for a in attributes for k in ("label", "pred", "prob")),
+                     *(f"p/{n}" for n in schema.column_names)])
+    for i, crop in enumerate(crops):
+        cells = []
+        for a in attributes:
+            values, y = schema.attributes[a], int(targets[i, schema.names.index(a)])
+            k = int(blocks[a][i].argmax())
+            cells += [values[y] if y >= 0 else "", values[k], f"{float(blocks[a][i, k]):.4f}"]
+        writer.writerow([crop, *cells, *(f"{float(v):.4f}" for v in probs[i])])
+    return write_text(path, buf.getvalue())
+
+
+# ----------------------------------------------------------------------------- end to end, per attribute
+
+SWEEP = tuple(round(0.05 * k, 2) for k in range(1, 20))  # operating-point thresholds tried for the F1-best one
+
+
+def end_to_end_scores(gt: COCO | str | Path | Mapping[str, Any], joint: Sequence[Mapping[str, Any]],
+                      at_op: Sequence[Mapping[str, Any]], op_thresh: float,
+                      sweep: Sequence[float] = SWEEP) -> dict[str, float]:
+    """Detection and attire judged together: COCO bbox AP of ``joint`` and P/R/F1 of ``at_op``.
+
+    Args:
+        gt: Ground truth whose categories are attire classes.
+        joint: Results scored by detection score x class probability (AP over the whole curve).
+        at_op: The same heads scored by detection score alone, labelled by their top class.
+        op_thresh: The operating point: ``at_op`` heads scoring at least this count.
+        sweep: Thresholds tried for the F1-best one (read it on val, pass it for test).
+
+    Returns:
+        :func:`coco_evaluate`'s bbox metrics (per category too), :func:`operating_point`'s at
+        ``op_thresh``, ``op_thresh``, ``f1_best_thresh`` and ``f1_at_best_thresh``.
+    """
+    metrics = coco_evaluate(gt, joint, ("bbox",))
+    f1 = {t: operating_point(gt, at_op, t)["f1"] for t in sweep}
+    best = max(f1, key=f1.get)
+    return {**metrics, **operating_point(gt, at_op, op_thresh), "op_thresh": op_thresh,
+            "f1_best_thresh": best, "f1_at_best_thresh": f1[best]}
+
+
+def attribute_ground_truth(gt: COCO | str | Path | Mapping[str, Any], schema: AttributeSchema, source: str,
+                           face_to_head: FaceToHead | None = None) -> dict[str, Any]:
+    """A copy of a COCO set whose categories are classifier columns, for end-to-end evaluation.
+
+    Each category keeps its id; its ``name`` becomes the column its source maps it to
+    (``mask_weared_incorrect`` -> ``face_mask/incorrect``; a single-attribute classifier's columns
+    are its class names), and it gains ``attribute`` and ``value``. With ``face_to_head`` the
+    boxes are faces: every box is replaced by the head box the rule derives from it (clipped to
+    the image, :func:`headseg.attributes.faces_to_heads`), so that predicted heads match it at
+    the usual IoU; the masks are dropped (bbox evaluation only).
+
+    Args:
+        gt: The set (COCO object, path or dict).
+        schema: The classifier's schema.
+        source: The schema source whose category mapping the set's categories follow.
+        face_to_head: The face-to-head rule, or None for boxes that are heads already.
+
+    Raises:
+        ValueError: a category its source does not map.
+    """
+    data = _load_gt_dataset(gt)
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(data.get(key), list):
+            raise ValueError(f"ground truth has no '{key}' list (keys: {sorted(data)})")
+    for c in data["categories"]:
+        (a,) = [k for k, t in enumerate(schema.targets(source, c["name"])) if t >= 0]
+        attribute = schema.names[a]
+        value = schema.attributes[attribute][schema.targets(source, c["name"])[a]]
+        c.update(name=schema.column_name(attribute, value), attribute=attribute, value=value)
+    if face_to_head is not None:
+        from headseg.attributes import faces_to_heads  # noqa: PLC0415 (torch, for this case only)
+
+        by_image: dict[Any, list[dict[str, Any]]] = {}
+        for ann in data["annotations"]:
+            by_image.setdefault(ann["image_id"], []).append(ann)
+        images = {img["id"]: img for img in data["images"]}
+        data["annotations"] = [head for image_id, anns in by_image.items() for head in faces_to_heads(
+            anns, face_to_head, images[image_id]["height"], images[image_id]["width"])]
+        data["info"] = {**(data.get("info") or {}), "face_to_head": dataclasses.asdict(face_to_head)}
+    return data
+
+
+def _of_categories(gt: Mapping[str, Any], categories: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """``gt`` with only ``categories`` (named by their value) and their annotations."""
+    ids = {c["id"] for c in categories}
+    return {**gt, "categories": [{**c, "name": c["value"]} for c in categories],
+            "annotations": [a for a in gt["annotations"] if a["category_id"] in ids]}
+
+
+def attribute_end_to_end(gt: Mapping[str, Any], joint: Sequence[Mapping[str, Any]],
+                         at_op: Sequence[Mapping[str, Any]], op_thresh: float, schema: AttributeSchema,
+                         sweep: Sequence[float] = SWEEP) -> dict[str, float]:
+    """:func:`end_to_end_scores` per attribute the set labels, and P/R/F1 per value.
+
+    Each attribute is scored on the annotations of its categories alone, against the results
+    of those categories: AP per value ranks heads by detection score x that value's
+    probability (``bbox/AP50/{value}``), and the operating point counts a head right when its
+    box matches and its top value is the annotation's.
+
+    Args:
+        gt: From :func:`attribute_ground_truth`.
+        joint, at_op: Results whose category ids are ``gt``'s (``ImageResult.to_coco_results``
+            with column name -> id), scored ``joint`` and ``seg``.
+        op_thresh: Detection score threshold of the operating point.
+        schema: The classifier's schema; with one attribute the keys carry no attribute prefix,
+            so they are those of :func:`end_to_end_scores`.
+        sweep: As for :func:`end_to_end_scores`.
+
+    Returns:
+        Flat metrics: ``{attribute}/bbox/AP50``, ``{attribute}/bbox/AP50/{value}``,
+        ``{attribute}/precision``, ``{attribute}/precision/{value}``...
+    """
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for c in gt["categories"]:
+        groups.setdefault(c["attribute"], []).append(c)
+    out: dict[str, float] = {}
+    for attribute, categories in groups.items():
+        ids = {c["id"] for c in categories}
+        metrics = end_to_end_scores(_of_categories(gt, categories), [r for r in joint if r["category_id"] in ids],
+                                    [r for r in at_op if r["category_id"] in ids], op_thresh, sweep)
+        for c in categories:
+            at_value = operating_point(_of_categories(gt, [c]), [r for r in at_op if r["category_id"] == c["id"]],
+                                       op_thresh)
+            metrics.update({f"{k}/{c['value']}": at_value[k] for k in ("precision", "recall", "f1")})
+        out.update({attribute_prefix(schema, attribute) + k: v for k, v in metrics.items()})
+    return out

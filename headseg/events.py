@@ -2,9 +2,9 @@
 
 A track's attributes are decided from all the frames it was observed on: the class
 probabilities are averaged and the most probable value wins once at least ``min_frames``
-frames voted (:func:`vote`). Today the classifier has one attribute, ``label``
-(``Head.probs``); a head that carries ``attributes`` (attribute -> class probabilities) is
-voted attribute by attribute with no change here (:func:`attributes_of`).
+frames voted (:func:`vote`), attribute by attribute (``Head.attributes``): a single-attribute
+classifier's one attribute is ``label``, a multi-attribute one's are its schema's
+(:func:`attributes_of`).
 
 :class:`EventLog` turns frames into events: ``appear`` (a track's first decision, dated at
 its first frame), ``change`` (the averaged decision flipped) and ``leave`` (dated at its last
@@ -26,9 +26,8 @@ Probs = Mapping[str, float]
 
 
 def attributes_of(head: Head) -> dict[str, dict[str, float]]:
-    """Attribute -> class probabilities of one head: ``{"label": head.probs}`` today."""
-    attributes = getattr(head, "attributes", None)
-    return {k: dict(v) for k, v in attributes.items()} if attributes else {"label": dict(head.probs)}
+    """Attribute -> value probabilities of one head (``{"label": head.probs}`` for one attribute)."""
+    return {a: dict(p.probs) for a, p in head.attributes.items()}
 
 
 @dataclass(frozen=True)

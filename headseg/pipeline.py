@@ -4,17 +4,20 @@
     >>> pipe = HeadwearPipeline.from_pretrained()
     >>> result = pipe("photo.jpg")
     >>> [(h.label, round(h.label_prob, 2)) for h in result.heads]
+    >>> [{a: p.value for a, p in h.attributes.items()} for h in result.heads]  # every attribute
 
 Both checkpoints carry their own preprocessing (input sizes, mean/std, crop rules, class
-names), so :meth:`HeadwearPipeline.from_checkpoint` needs nothing else.
+names, attribute schema), so :meth:`HeadwearPipeline.from_checkpoint` needs nothing else.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
 
@@ -24,6 +27,7 @@ import torch
 from pycocotools import mask as mask_utils
 from torch import nn
 
+from headseg.attributes import AttributePrediction, attribute_softmax
 from headseg.classification import Classifier
 from headseg.crops import crop_heads
 from headseg.data import CocoHeads
@@ -47,9 +51,17 @@ class Head:
         box_xyxy: ``(x0, y0, x1, y1)`` in pixels of the input image.
         mask: ``(H, W)`` bool, the head's pixels in the input image.
         score: Segmenter confidence in ``[0, 1]`` that this is a head.
-        label: Attire class with the highest probability.
-        label_prob: Its probability in ``[0, 1]``.
-        probs: Every attire class's probability (they sum to 1).
+        label: Attire class with the highest probability. With several attributes: every
+            attribute's value, joined by ``", "`` (``"helmet, with_mask"``), the most probable
+            combination.
+        label_prob: Its probability in ``[0, 1]``; with several attributes the product of theirs
+            (each attribute has a softmax of its own).
+        probs: Every attire class's probability (they sum to 1); with several attributes one
+            entry per ``attribute/value``, each attribute's summing to 1.
+        attributes: Attribute -> :class:`~headseg.attributes.AttributePrediction` (value, its
+            probability, every value's probability). A single-attribute classifier's one
+            attribute is ``label``; left empty, it is filled from ``label``, ``label_prob`` and
+            ``probs``.
     """
 
     box_xyxy: tuple[float, float, float, float]
@@ -58,14 +70,42 @@ class Head:
     label: str
     label_prob: float
     probs: dict[str, float]
+    attributes: Mapping[str, AttributePrediction] = field(default_factory=dict)
 
-    def to_json(self) -> dict[str, Any]:
-        """JSON-ready dict; the mask as COCO RLE (``counts`` a string)."""
-        rle = mask_utils.encode(np.asfortranarray(self.mask.astype(np.uint8)))
-        return {"box_xyxy": [round(v, 2) for v in self.box_xyxy], "score": round(self.score, 4),
-                "label": self.label, "label_prob": round(self.label_prob, 4),
-                "probs": {k: round(v, 4) for k, v in self.probs.items()},
-                "mask_rle": {"size": rle["size"], "counts": rle["counts"].decode()}}
+    def __post_init__(self) -> None:
+        if not self.attributes:
+            object.__setattr__(self, "attributes", {"label": AttributePrediction(self.label, self.label_prob,
+                                                                                 dict(self.probs))})
+
+    @classmethod
+    def from_attributes(cls, box_xyxy: tuple[float, float, float, float], mask: np.ndarray, score: float,
+                        attributes: Mapping[str, AttributePrediction]) -> "Head":
+        """A head whose ``label``, ``label_prob`` and ``probs`` follow from its attributes."""
+        if len(attributes) == 1:
+            (p,) = attributes.values()
+            return cls(box_xyxy, mask, score, p.value, p.prob, dict(p.probs), dict(attributes))
+        label = ", ".join(p.value for p in attributes.values())
+        prob = math.prod(p.prob for p in attributes.values())
+        probs = {f"{a}/{v}": q for a, p in attributes.items() for v, q in p.probs.items()}
+        return cls(box_xyxy, mask, score, label, prob, probs, dict(attributes))
+
+    def columns(self) -> list[str]:
+        """Each attribute's value as its classifier column: the value itself with one attribute,
+        ``attribute/value`` with several (as ``probs`` and COCO category names have them)."""
+        if len(self.attributes) == 1:
+            return [p.value for p in self.attributes.values()]
+        return [f"{a}/{p.value}" for a, p in self.attributes.items()]
+
+    def to_json(self, mask: bool = True) -> dict[str, Any]:
+        """JSON-ready dict; the mask as COCO RLE (``counts`` a string) unless ``mask=False``."""
+        record = {"box_xyxy": [round(v, 2) for v in self.box_xyxy], "score": round(self.score, 4),
+                  "label": self.label, "label_prob": round(self.label_prob, 4),
+                  "probs": {k: round(v, 4) for k, v in self.probs.items()},
+                  "attributes": {a: p.to_json() for a, p in self.attributes.items()}}
+        if mask:
+            rle = mask_utils.encode(np.asfortranarray(self.mask.astype(np.uint8)))
+            record["mask_rle"] = {"size": rle["size"], "counts": rle["counts"].decode()}
+        return record
 
 
 @dataclass(frozen=True, eq=False)
@@ -139,11 +179,24 @@ class ImageResult:
         """``(N,)`` float32 probability of each head's label."""
         return np.array([h.label_prob for h in self.heads], np.float32)
 
+    def values(self, attribute: str) -> np.ndarray:
+        """``(N,)`` each head's value of ``attribute`` (strings): ``result[result.values("headwear") == "none"]``.
+
+        Raises:
+            ValueError: a head has no such attribute (the names are in ``head.attributes``).
+        """
+        missing = [i for i, h in enumerate(self.heads) if attribute not in h.attributes]
+        if missing:
+            raise ValueError(f"head {missing[0]} has no attribute {attribute!r}; it has "
+                             f"{list(self.heads[missing[0]].attributes)}")
+        return np.array([h.attributes[attribute].value for h in self.heads], dtype=object)
+
     def counts(self) -> dict[str, int]:
-        """Heads per attire label."""
+        """Heads per attire label; with several attributes, heads per ``attribute/value``."""
         out: dict[str, int] = {}
         for h in self.heads:
-            out[h.label] = out.get(h.label, 0) + 1
+            for column in h.columns():
+                out[column] = out.get(column, 0) + 1
         return out
 
     def to_json(self) -> dict[str, Any]:
@@ -152,28 +205,39 @@ class ImageResult:
 
     def to_coco_results(self, image_id: int, category_ids: dict[str, int],
                         score: str = "joint") -> list[dict[str, Any]]:
-        """COCO results records; a head whose label has no category (e.g. background) is left out.
+        """COCO results records, one per head and attribute; one whose value has no category
+        (e.g. background) is left out.
+
+        Categories are classifier columns (:meth:`Head.columns`): the attire labels of a
+        single-attribute classifier, ``attribute/value`` (``"headwear/helmet"``) with several.
 
         Args:
             image_id: The image's COCO id.
-            category_ids: Attire label -> COCO category id.
-            score: ``joint`` (segmentation score x label probability, the default: a head
+            category_ids: Column name -> COCO category id.
+            score: ``joint`` (segmentation score x the value's probability, the default: a head
                 that is surely a head but of doubtful attire ranks low) or ``seg``.
         """
         records = []
         for h in self.heads:
-            if h.label not in category_ids:
-                continue
-            x0, y0, x1, y1 = h.box_xyxy
-            s = h.score * h.label_prob if score == "joint" else h.score
-            rle = mask_utils.encode(np.asfortranarray(h.mask.astype(np.uint8)))
-            records.append({"image_id": image_id, "category_id": category_ids[h.label],
-                            "bbox": [x0, y0, x1 - x0, y1 - y0], "score": float(s),
-                            "segmentation": {"size": rle["size"], "counts": rle["counts"].decode()}})
+            rle = None
+            for column, p in zip(h.columns(), h.attributes.values()):
+                if column not in category_ids:
+                    continue
+                if rle is None:
+                    rle = mask_utils.encode(np.asfortranarray(h.mask.astype(np.uint8)))
+                x0, y0, x1, y1 = h.box_xyxy
+                s = h.score * p.prob if score == "joint" else h.score
+                records.append({"image_id": image_id, "category_id": category_ids[column],
+                                "bbox": [x0, y0, x1 - x0, y1 - y0], "score": float(s),
+                                "segmentation": {"size": rle["size"], "counts": rle["counts"].decode()}})
         return records
 
     def draw(self, image: np.ndarray, alpha: float = 0.45) -> np.ndarray:
-        """The image with every head's mask, box and ``label prob`` drawn on it.
+        """The image with every head's mask, box and label drawn on it.
+
+        A label reads ``label prob``; with several attributes it is one line per attribute,
+        ``attribute: value prob``. Labels stay inside the image and off each other where the
+        image leaves room (:func:`place_labels`).
 
         Args:
             image: ``(H, W, 3)`` uint8, RGB (as given to the pipeline, or re-read).
@@ -186,37 +250,120 @@ class ImageResult:
             raise ValueError(f"draw() got a {image.shape[1]}x{image.shape[0]} image; this result is "
                              f"for {self.image_size[1]}x{self.image_size[0]}")
         out = image.copy()
-        thickness = max(1, round(max(self.image_size) / 400))
-        for h in self.heads:
-            draw_head(out, h.box_xyxy, f"{h.label} {h.label_prob:.2f}", label_color(h.label, list(h.probs)),
-                      thickness, h.mask, alpha)
+        draw_heads(out, [DrawnHead(h.box_xyxy, head_lines(h), h.mask) for h in self.heads], alpha=alpha)
         return out
 
 
-def draw_head(out: np.ndarray, box_xyxy: Sequence[float], text: str, color: tuple[int, int, int],
-              thickness: int, mask: np.ndarray | None = None, alpha: float = 0.45,
-              box_thickness: int | None = None) -> None:
-    """Draw one head on ``out`` in place: its mask blended in, its box, and a filled label.
+@dataclass(frozen=True)
+class DrawnHead:
+    """What :func:`draw_heads` draws for one head.
+
+    Attributes:
+        box_xyxy: Box in pixels.
+        lines: The label, one ``(text, RGB colour)`` per line; the first colour is the box's.
+        mask: ``(H, W)`` bool, or None for no mask.
+        box_width: Box line width in pixels; 0: the text scale of :func:`draw_heads`.
+    """
+
+    box_xyxy: Sequence[float]
+    lines: Sequence[tuple[str, tuple[int, int, int]]]
+    mask: np.ndarray | None = None
+    box_width: int = 0
+
+
+def head_lines(head: Head, prefix: str = "") -> list[tuple[str, tuple[int, int, int]]]:
+    """A head's label lines: ``label prob`` with one attribute, else ``attribute: value prob`` each,
+    coloured by the value's classifier column (distinct for the first ten columns)."""
+    columns = list(head.probs)
+    if len(head.attributes) == 1:
+        lines = [(f"{head.label} {head.label_prob:.2f}", label_color(head.label, columns))]
+    else:
+        lines = [(f"{a}: {p.value} {p.prob:.2f}", label_color(c, columns))
+                 for (a, p), c in zip(head.attributes.items(), head.columns())]
+    if prefix:
+        lines[0] = (f"{prefix} {lines[0][0]}", lines[0][1])
+    return lines
+
+
+def text_scale(image_size: tuple[int, int]) -> int:
+    """Box line width and text scale for an image of ``(height, width)``: 1 per 400 px."""
+    return max(1, round(max(image_size) / 400))
+
+
+def label_size(lines: Sequence[str], thickness: int) -> tuple[int, int, int]:
+    """``(width, height, line height)`` in pixels of a label block as :func:`draw_heads` draws it."""
+    sizes = [cv2.getTextSize(t, cv2.FONT_HERSHEY_SIMPLEX, 0.35 * thickness, 1)[0] for t in lines]
+    line = max(h for _, h in sizes) + 4
+    return max(w for w, _ in sizes) + 3, line * len(sizes), line
+
+
+def place_labels(boxes_xyxy: Sequence[Sequence[float]], sizes: Sequence[tuple[int, int]],
+                 image_size: tuple[int, int]) -> list[tuple[int, int]]:
+    """Top-left corners of label blocks: inside the image, and off each other where room allows.
+
+    Labels are placed in order (most confident head first), each at the first free spot of:
+    just above its box, just below it, inside its top, inside its bottom, then those spots moved
+    up and down by whole label heights; the left edge is the box's, or its right edge minus
+    the label's width. Every spot is clamped into the image, so a label is always inside it
+    (one larger than the image starts at its top-left corner). When no spot is free the one
+    overlapping placed labels least is taken.
+
+    Args:
+        boxes_xyxy: ``N`` boxes in pixels.
+        sizes: ``N`` label ``(width, height)`` in pixels.
+        image_size: ``(height, width)``.
+
+    Returns:
+        ``N`` ``(x, y)`` integer corners.
+    """
+    height, width = image_size
+    placed: list[tuple[int, int, int, int]] = []
+    out = []
+    for (x0, y0, x1, y1), (w, h) in zip(boxes_xyxy, sizes):
+        x0, y0, x1, y1 = (int(round(v)) for v in (x0, y0, x1, y1))
+        xs = [x0, x1 - w]
+        ys = [y0 - h, y1, y0, y1 - h]
+        candidates = [(min(max(x, 0), max(width - w, 0)), min(max(y + k * h, 0), max(height - h, 0)))
+                      for k in (0, -1, 1, -2, 2, -3, 3) for y in ys for x in xs]
+
+        def overlap(c: tuple[int, int]) -> int:
+            return sum(max(0, min(c[0] + w, a + aw) - max(c[0], a)) * max(0, min(c[1] + h, b + bh) - max(c[1], b))
+                       for a, b, aw, bh in placed)
+
+        best = next((c for c in candidates if overlap(c) == 0), None) or min(candidates, key=overlap)
+        placed.append((*best, w, h))
+        out.append(best)
+    return out
+
+
+def draw_heads(out: np.ndarray, heads: Sequence[DrawnHead], thickness: int | None = None,
+               alpha: float = 0.45) -> None:
+    """Draw heads on ``out`` in place: masks blended in, boxes, then every label on top.
+
+    Serves :meth:`ImageResult.draw` and ``FrameResult.draw`` alike. Labels are laid out together
+    (:func:`place_labels`), so they stay inside the image and off each other.
 
     Args:
         out: ``(H, W, 3)`` uint8 RGB image, changed in place.
-        box_xyxy: Box in pixels.
-        text: The label, drawn above the box (below it at the top edge).
-        color: RGB of mask, box and label background.
-        thickness: Scale of box lines and text (grows with the image).
-        mask: ``(H, W)`` bool, or None to draw no mask.
+        heads: The heads, most confident first (they get the best label spots).
+        thickness: Scale of box lines and text; default grows with the image (1 per 400 px).
         alpha: Mask opacity.
-        box_thickness: Box line width; default ``thickness``.
     """
-    if mask is not None:
-        out[mask] = (out[mask] * (1 - alpha) + np.array(color) * alpha).astype(np.uint8)
-    x0, y0, x1, y1 = (int(round(v)) for v in box_xyxy)
-    cv2.rectangle(out, (x0, y0), (x1, y1), color, box_thickness or thickness)
-    scale = 0.35 * thickness
-    (tw, th), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
-    ty = y0 - 3 if y0 - th - 4 >= 0 else y1 + th + 3
-    cv2.rectangle(out, (x0, ty - th - 2), (x0 + tw + 2, ty + 2), color, -1)
-    cv2.putText(out, text, (x0 + 1, ty), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 1, cv2.LINE_AA)
+    thickness = thickness or text_scale(out.shape[:2])
+    for h in heads:
+        colour = h.lines[0][1]
+        if h.mask is not None:
+            out[h.mask] = (out[h.mask] * (1 - alpha) + np.array(colour) * alpha).astype(np.uint8)
+        x0, y0, x1, y1 = (int(round(v)) for v in h.box_xyxy)
+        cv2.rectangle(out, (x0, y0), (x1, y1), colour, h.box_width or thickness)
+    blocks = [label_size([t for t, _ in h.lines], thickness) for h in heads]
+    corners = place_labels([h.box_xyxy for h in heads], [(w, hh) for w, hh, _ in blocks], out.shape[:2])
+    for h, (w, _, line), (x, y) in zip(heads, blocks, corners):
+        for k, (text, colour) in enumerate(h.lines):
+            top = y + k * line
+            cv2.rectangle(out, (x, top), (x + w - 1, top + line - 1), colour, -1)
+            cv2.putText(out, text, (x + 1, top + line - 4), cv2.FONT_HERSHEY_SIMPLEX, 0.35 * thickness,
+                        (0, 0, 0), 1, cv2.LINE_AA)
 
 
 # Ten colours that stay apart from each other (Sasha Trubetskoy's list of distinct colours).
@@ -275,9 +422,10 @@ def _grow(result: ImageResult, original: tuple[int, int] | None) -> ImageResult:
         return result
     (h, w), (sh, sw) = original, result.image_size
     sx, sy = w / sw, h / sh
-    heads = tuple(Head((hd.box_xyxy[0] * sx, hd.box_xyxy[1] * sy, hd.box_xyxy[2] * sx, hd.box_xyxy[3] * sy),
-                       cv2.resize(hd.mask.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST) > 0,
-                       hd.score, hd.label, hd.label_prob, hd.probs) for hd in result.heads)
+    heads = tuple(dataclasses.replace(
+        hd, box_xyxy=(hd.box_xyxy[0] * sx, hd.box_xyxy[1] * sy, hd.box_xyxy[2] * sx, hd.box_xyxy[3] * sy),
+        mask=cv2.resize(hd.mask.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST) > 0)
+        for hd in result.heads)
     return ImageResult(heads, (h, w), result.source)
 
 
@@ -288,8 +436,8 @@ class HeadwearPipeline:
         segmenter: A loaded segmenter (:meth:`headseg.segmentation.Segmenter.load`). The
             pipeline runs a copy with its BatchNorm folded; the model passed in is untouched.
         classifier: A loaded classifier (:meth:`headseg.classification.Classifier.load`): its
-            preprocessing record gives the crop rules, input size and mean/std. Likewise
-            folded in a copy.
+            preprocessing record gives the crop rules, input size and mean/std, its schema the
+            attributes every head gets (``Head.attributes``). Likewise folded in a copy.
         device: Where both models run.
         score_thresh: Heads below this segmentation score are dropped; None: the segmenter
             checkpoint's own ``box_score_thresh`` (with any ``seg_overrides`` applied).
@@ -324,6 +472,7 @@ class HeadwearPipeline:
         self.seg_config, self.cls_config = segmenter.config, classifier.config
         self.preprocessing = classifier.preprocessing
         self.class_names = list(classifier.class_names)
+        self.schema = classifier.schema
         self.mean = torch.tensor(self.preprocessing.mean, device=self.device).view(1, 3, 1, 1)
         self.std = torch.tensor(self.preprocessing.std, device=self.device).view(1, 3, 1, 1)
         self.mask_thresh = mask_thresh
@@ -493,25 +642,25 @@ class HeadwearPipeline:
         counts = [len(boxes) for boxes, _, _ in per_image]
         boxes, scores, masks = (torch.cat(parts) for parts in zip(*per_image))
         probs = torch.zeros(0, len(self.class_names), device=self.device)
-        if len(boxes):
+        if len(boxes):  # every head of the batch in one classifier forward
             index = torch.repeat_interleave(torch.arange(len(tensors), device=self.device),
                                             torch.tensor(counts, device=self.device))
             crops = crop_heads(torch.stack(tensors), masks, boxes, index, crop.size, crop.padding,
                                crop.fill, crop.fill_value)
             x = ((crops - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
             with torch.autocast(self.device.type, enabled=self.amp):
-                probs = torch.softmax(self.classifier(x).float(), dim=1)
+                logits = self.classifier(x)
+            probs = attribute_softmax(logits, self.schema)
         # One copy to the host for the batch's numbers; masks image by image, so that a result
         # kept alone does not keep its batch-mates' masks alive.
-        boxes, scores, probs = (t.cpu().numpy() for t in (boxes, scores, probs))
+        attributes = self.schema.decode(probs)
+        boxes, scores = (t.cpu().numpy() for t in (boxes, scores))
         results, offset = [], 0
         for count, image_masks, image, source in zip(counts, torch.split(masks, counts), images, sources):
             heads = []
             for i, mask in enumerate(image_masks.cpu().numpy(), start=offset):
-                k = int(probs[i].argmax())
-                heads.append(Head(tuple(float(v) for v in boxes[i]), mask, float(scores[i]),
-                                  self.class_names[k], float(probs[i, k]),
-                                  {n: float(v) for n, v in zip(self.class_names, probs[i])}))
+                heads.append(Head.from_attributes(tuple(float(v) for v in boxes[i]), mask, float(scores[i]),
+                                                  attributes[i]))
             offset += count
             results.append(ImageResult(tuple(heads), image.shape[:2], source))
         return results

@@ -134,7 +134,7 @@ class HeadwearPredictor:
             record = result.to_json()
             record["source"] = paths[i]
             lines.append(json.dumps(record) + "\n")
-            labels[i] = json.dumps([h.label for h in result.heads])
+            labels[i] = json.dumps([c for h in result.heads for c in h.columns()])  # as counts()
         part = ""
         if lines:
             part = "part-" + hashlib.sha1("\n".join(sorted(paths)).encode()).hexdigest()[:20] + ".jsonl"

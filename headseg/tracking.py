@@ -14,7 +14,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from headseg.pipeline import Head, draw_head, label_color
+from headseg.pipeline import DrawnHead, Head, draw_heads, head_lines, text_scale
 
 Box = tuple[float, float, float, float]
 
@@ -136,10 +136,7 @@ class TrackedHead:
     def to_json(self) -> dict[str, Any]:
         """JSON-ready dict: the head's record (mask only when observed) plus id and carried."""
         if self.carried:
-            h = self.head
-            record = {"box_xyxy": [round(v, 2) for v in self.box_xyxy], "score": round(h.score, 4),
-                      "label": h.label, "label_prob": round(h.label_prob, 4),
-                      "probs": {k: round(v, 4) for k, v in h.probs.items()}}
+            record = {**self.head.to_json(mask=False), "box_xyxy": [round(v, 2) for v in self.box_xyxy]}
         else:
             record = self.head.to_json()
         return {"track_id": self.track_id, "carried": self.carried, **record}
@@ -198,10 +195,8 @@ class FrameResult:
             raise ValueError(f"draw() got a {image.shape[1]}x{image.shape[0]} frame; this result is "
                              f"for {self.image_size[1]}x{self.image_size[0]}")
         out = image.copy()
-        thickness = max(1, round(max(self.image_size) / 400))
-        for t in self.heads:
-            track = "#" + str(t.track_id) if t.track_id is not None else "#?"
-            draw_head(out, t.box_xyxy, f"{track} {t.head.label} {t.head.label_prob:.2f}",
-                      label_color(t.head.label, list(t.head.probs)), thickness,
-                      None if t.carried else t.head.mask, alpha, 1 if t.carried else thickness + 1)
+        bold = text_scale(self.image_size) + 1
+        draw_heads(out, [DrawnHead(t.box_xyxy, head_lines(t.head, f"#{t.track_id if t.track_id is not None else '?'}"),
+                                   None if t.carried else t.head.mask, 1 if t.carried else bold)
+                         for t in self.heads], alpha=alpha)
         return out

@@ -10,7 +10,8 @@ from headseg.attributes import (
     MISSING,
     AttributeSchema,
     FaceToHead,
-    MultiAttributeHead,
+    attribute_class_weights,
+    attribute_softmax,
     balanced_sample_weights,
     face_to_head_box,
     masked_attribute_loss,
@@ -29,6 +30,9 @@ def test_schema_maps_each_source_category_to_one_attribute() -> None:
     assert SCHEMA.targets("hhw", "head") == [1, MISSING]
     assert SCHEMA.targets("facemask", "mask_weared_incorrect") == [MISSING, 2]
     assert AttributeSchema.from_dict(SCHEMA.to_dict()) == SCHEMA
+    # Attribute order is column order: the same attributes listed the other way are another schema.
+    swapped = AttributeSchema(dict(reversed(list(SCHEMA.attributes.items()))), SCHEMA.sources)
+    assert swapped != SCHEMA and swapped.column_names != SCHEMA.column_names
     with pytest.raises(ValueError, match="maps to no attribute value"):
         SCHEMA.targets("hhw", "cap")
     with pytest.raises(ValueError, match="has \\['helmet', 'none'\\]"):
@@ -46,36 +50,90 @@ def test_masked_loss_equals_single_attribute_loss_when_all_labels_present() -> N
     assert torch.allclose(masked, single)
 
 
+def _rows(head: torch.nn.Linear, attribute: str) -> slice:
+    """The rows of the shared Linear that make ``attribute``'s logits."""
+    sizes = [len(v) for v in SCHEMA.attributes.values()]
+    a = SCHEMA.names.index(attribute)
+    return slice(sum(sizes[:a]), sum(sizes[:a + 1]))
+
+
 def test_missing_labels_add_no_loss_and_no_gradient() -> None:
     torch.manual_seed(0)
     features = torch.randn(4, 8)
-    head = MultiAttributeHead(8, SCHEMA, dropout=0.0)
+    head = torch.nn.Linear(8, len(SCHEMA.column_names))  # one Linear, rows grouped by attribute
     targets = torch.tensor([[0, MISSING], [1, MISSING], [MISSING, 2], [MISSING, 0]])
-    logits = head(features)
+    logits = SCHEMA.split(head(features))
     loss = masked_attribute_loss(logits, targets)
     expected = (F.cross_entropy(logits["headwear"][:2], targets[:2, 0])
                 + F.cross_entropy(logits["face_mask"][2:], targets[2:, 1]))
     assert torch.allclose(loss, expected)
 
-    # Rows 0-1 are hhw crops: the face_mask head must not have been pulled by them.
-    grad_fm = torch.autograd.grad(masked_attribute_loss(head(features), targets),
-                                  head.heads["face_mask"].weight)[0]
+    # Rows 0-1 are hhw crops: the face_mask rows of the head must not have been pulled by them.
+    grad = torch.autograd.grad(masked_attribute_loss(SCHEMA.split(head(features)), targets), head.weight)[0]
     only_labelled = torch.autograd.grad(
-        F.cross_entropy(head(features)["face_mask"][2:], targets[2:, 1]), head.heads["face_mask"].weight)[0]
-    assert torch.allclose(grad_fm, only_labelled)
+        F.cross_entropy(SCHEMA.split(head(features))["face_mask"][2:], targets[2:, 1]), head.weight)[0]
+    assert torch.allclose(grad[_rows(head, "face_mask")], only_labelled[_rows(head, "face_mask")])
+    # The features of hhw crops get gradient from the headwear rows alone.
+    x = features.clone().requires_grad_(True)
+    masked_attribute_loss(SCHEMA.split(head(x)), targets).backward()
+    hw = x.grad.clone()
+    x.grad = None
+    F.cross_entropy(SCHEMA.split(head(x))["headwear"][:2], targets[:2, 0]).backward()
+    assert torch.allclose(hw[:2], x.grad[:2])
     # And changing the logits of a missing label changes nothing.
     bumped = {k: v.detach().clone() for k, v in logits.items()}
     bumped["face_mask"][:2] += 100.0
     assert torch.allclose(masked_attribute_loss(bumped, targets), loss.detach())
 
 
+def test_masked_loss_gradient_equals_cross_entropy_with_every_label() -> None:
+    torch.manual_seed(0)
+    logits = torch.randn(5, 3, requires_grad=True)
+    targets = torch.tensor([0, 2, 1, 1, 0])
+    weight = torch.tensor([1.0, 2.0, 0.5])
+    want = torch.autograd.grad(F.cross_entropy(logits, targets, weight=weight, label_smoothing=0.1), logits)[0]
+    got = torch.autograd.grad(masked_attribute_loss({"label": logits}, targets[:, None], 0.1,
+                                                    {"label": weight}), logits)[0]
+    assert torch.allclose(got, want)
+
+
 def test_attribute_without_labels_in_batch_adds_zero_but_stays_in_graph() -> None:
-    head = MultiAttributeHead(8, SCHEMA, dropout=0.0)
-    logits = head(torch.randn(2, 8))
+    head = torch.nn.Linear(8, len(SCHEMA.column_names))
+    logits = SCHEMA.split(head(torch.randn(2, 8)))
     loss = masked_attribute_loss(logits, torch.tensor([[0, MISSING], [1, MISSING]]))
     loss.backward()
-    assert head.heads["face_mask"].weight.grad is not None
-    assert torch.count_nonzero(head.heads["face_mask"].weight.grad) == 0
+    assert head.weight.grad is not None
+    assert torch.count_nonzero(head.weight.grad[_rows(head, "face_mask")]) == 0
+
+
+def test_columns_softmax_and_decoding() -> None:
+    assert SCHEMA.column_names == ["headwear/helmet", "headwear/none", "face_mask/with_mask",
+                                   "face_mask/without_mask", "face_mask/incorrect"]
+    single = AttributeSchema.single(["a", "b", "c"])
+    assert single.column_names == ["a", "b", "c"] and single.targets("crops", "b") == [1]
+    logits = torch.tensor([[2.0, 0.0, 0.0, 3.0, 0.0]])
+    probs = attribute_softmax(logits, SCHEMA)
+    assert torch.allclose(probs[:, :2].sum(1), torch.ones(1)) and torch.allclose(probs[:, 2:].sum(1), torch.ones(1))
+    assert torch.allclose(attribute_softmax(logits[:, :3], single), F.softmax(logits[:, :3], 1))
+    (row,) = SCHEMA.decode(probs)
+    assert row["headwear"].value == "helmet" and row["face_mask"].value == "without_mask"
+    assert row["face_mask"].prob == pytest.approx(float(probs[0, 3]))
+    assert sum(row["face_mask"].probs.values()) == pytest.approx(1.0)
+    assert SCHEMA.columns_of("facemask")["mask_weared_incorrect"] == "face_mask/incorrect"
+    assert SCHEMA.source_of(["helmet", "head"]) == "hhw"
+    with pytest.raises(ValueError, match="fit 0 sources"):
+        SCHEMA.source_of(["cap"])
+    with pytest.raises(ValueError, match="5 values in all"):
+        SCHEMA.split(torch.zeros(1, 4))
+    with pytest.raises(ValueError, match="wrong shape"):
+        AttributeSchema.from_dict({"attributes": ["helmet", "none"]})
+
+
+def test_class_weights_per_attribute() -> None:
+    targets = torch.tensor([[0, MISSING]] * 3 + [[1, MISSING]] + [[MISSING, 0]] * 2)
+    w = attribute_class_weights(targets, SCHEMA)
+    assert torch.allclose(w["headwear"], torch.tensor([4 / 6, 4 / 2]))
+    assert torch.allclose(w["face_mask"], torch.tensor([1.0, 0.0, 0.0]))  # absent values weigh 0
 
 
 def test_balanced_weights_give_rare_values_equal_draws() -> None:

@@ -234,7 +234,7 @@ def test_class_balancing_runs(crop_sets: dict[str, Path], tmp_path: Path, balanc
 
 def test_early_stopping_stops(crop_sets: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # A val score that never improves after epoch 1: patience 1 stops at epoch 2 of 5.
-    monkeypatch.setattr(classification, "_validate", lambda *a, **k: {"loss/val": 1.0, "val/macro_f1": 0.5})
+    monkeypatch.setattr(classification, "_validate", lambda *a, **k: ({"loss/val": 1.0, "val/macro_f1": 0.5}, {}))
     cfg = _cfg(crop_sets, "train.epochs=5", "train.patience=1", "train.max_iters=1")
     result = train_classifier(cfg, tmp_path, progress=False)
     assert result["stopped_early"] and result["epochs"] == 2 and result["best_epoch"] == 0

@@ -132,7 +132,7 @@ def test_exports_and_drawing(pipe: HeadwearPipeline) -> None:
     result = pipe(image)
     payload = json.loads(json.dumps(result.to_json()))
     assert len(payload["heads"]) == len(result)
-    assert set(payload["heads"][0]) == {"box_xyxy", "score", "label", "label_prob", "probs", "mask_rle"}
+    assert set(payload["heads"][0]) == {"box_xyxy", "score", "label", "label_prob", "probs", "attributes", "mask_rle"}
     records = result.to_coco_results(7, {name: i + 1 for i, name in enumerate(CLASSES)})
     assert len(records) == len(result) and records[0]["image_id"] == 7
     x0, y0, x1, y1 = result.heads[0].box_xyxy

@@ -1,10 +1,21 @@
 """Joint evaluation: detection and attire classification judged together, COCO-style.
 
-Each predicted head's category is its attire label, scored by segmentation score x label
-probability; COCO bbox AP over the attire categories (mAP, AP50, per-class AP) plus
-precision/recall at the operating point (heads with segmentation score >= --op-thresh,
-labelled by their top class), and the threshold that would maximise F1 on this split: read it
-on val, pass it with --op-thresh for test. Baselines in the same run, on the same images:
+Each predicted head is scored, per attribute the set labels, as one detection of its top value
+with score segmentation score x that value's probability; COCO bbox AP over the attribute's
+values (mAP, AP50, per-value AP) plus precision/recall at the operating point (heads with
+segmentation score >= --op-thresh, labelled by their top value; also per value), and the
+threshold that would maximise F1 on this split: read it on val, pass it with --op-thresh for
+test. A single-attribute classifier's categories are its classes (keys as ever: ``bbox/AP50``);
+a multi-attribute one maps the set's categories through its schema source (inferred from the
+category names, or --source), keys ``{attribute}/bbox/AP50/{value}``.
+
+Face boxes (facemask): with --gt-faces every ground-truth face box is replaced by the head box
+``headseg.attributes.face_to_head_box`` derives from it (default ``FaceToHead`` rule: 1.3 face
+widths wide, 0.45 face heights above the face, 0.05 below, clipped to the image), and predicted
+heads match those at box IoU 0.5 (COCO's rule). The derived box is an approximation: turned or
+tilted faces and tall hats fit it worst (docs/RESULTS.md).
+
+Baselines in the same run, on the same images:
 
 * ``--single-stage CKPT``: a Mask R-CNN trained with the attire categories directly
   (``tools/train_seg.py --set data.class_agnostic=false``);
@@ -14,6 +25,8 @@ Examples:
     python tools/eval_pipeline.py work_data/facemask/test.json --seg runs/seg_facemask/best.pt \\
         --cls runs/cls_facemask/best.pt --single-stage runs/seg1_facemask/best.pt --haar \\
         --out runs/pipeline_facemask_test.json
+    python tools/eval_pipeline.py work_data/facemask/val.json --seg runs/seg_hhw/best.pt \\
+        --cls runs/cls_multi/best.pt --gt-faces --out runs/multi_facemask_val.json
 """
 
 from __future__ import annotations
@@ -27,10 +40,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tqdm import tqdm  # noqa: E402
 
+from headseg.attributes import FaceToHead  # noqa: E402
 from headseg.baselines import HaarFaceDetector  # noqa: E402
 from headseg.config import parse_overrides  # noqa: E402
 from headseg.data import load_coco  # noqa: E402
-from headseg.evaluation import coco_evaluate, format_metrics_table, operating_point  # noqa: E402
+from headseg.evaluation import (  # noqa: E402
+    SWEEP,
+    attribute_end_to_end,
+    attribute_ground_truth,
+    attribute_prefix,
+    format_metrics_table,
+)
 from headseg.io import read_image, write_json  # noqa: E402
 from headseg.pipeline import HeadwearPipeline, predict_coco  # noqa: E402
 from headseg.segmentation import evaluate_segmenter, load_segmenter  # noqa: E402
@@ -49,6 +69,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--single-stage", type=Path, help="Mask R-CNN trained on attire categories")
     parser.add_argument("--haar", action="store_true", help="add the Haar face-detector baseline")
     parser.add_argument("--haar-expand", type=float, default=1.0, help="face box side multiplier")
+    parser.add_argument("--source", help="schema source the set's categories follow (default: inferred)")
+    parser.add_argument("--gt-faces", action="store_true",
+                        help="ground-truth boxes are faces: match heads to the head boxes derived from them")
     parser.add_argument("--op-thresh", nargs="+", default=["0.5"], metavar="[SYSTEM=]T",
                         help="operating-point score threshold, one for all systems or per system "
                              "(two_stage=0.3 single_stage=0.4); pick it on val from the printed "
@@ -62,7 +85,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 SYSTEMS = ("two_stage", "single_stage", "haar")
-SWEEP = [round(0.05 * k, 2) for k in range(1, 20)]
 
 
 def _op_thresholds(values: list[str]) -> dict[str, float]:
@@ -82,27 +104,17 @@ def _op_thresholds(values: list[str]) -> dict[str, float]:
     return thresholds
 
 
-def _score(coco, joint: list[dict], at_op: list[dict], op_thresh: float) -> dict[str, float]:
-    """COCO AP of the joint scores, P/R/F1 at ``op_thresh``, and the F1-best threshold here."""
-    metrics = coco_evaluate(coco.dataset, joint, ("bbox",))
-    sweep = {t: operating_point(coco.dataset, at_op, t)["f1"] for t in SWEEP}
-    best = max(sweep, key=sweep.get)
-    return {**metrics, **operating_point(coco.dataset, at_op, op_thresh), "op_thresh": op_thresh,
-            "f1_best_thresh": best, "f1_at_best_thresh": sweep[best]}
-
-
 def main(args: argparse.Namespace) -> dict[str, float]:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     op_thresh = _op_thresholds(args.op_thresh)
     coco = load_coco(args.annotations)
-    category_ids = {name: cid for cid, name in coco.categories.items()}
     # A low threshold lets AP see the whole precision/recall curve.
     seg_overrides = parse_overrides(args.seg_set)
     pipe = HeadwearPipeline.from_checkpoint(args.seg, args.cls, args.device, seg_overrides, score_thresh=0.05)
-    missing = set(category_ids) - set(pipe.class_names)
-    if missing:
-        raise ValueError(f"classifier labels {pipe.class_names} lack the categories {sorted(missing)} "
-                         f"of {args.annotations}; train it on crops of the same data set")
+    schema = pipe.schema
+    gt = attribute_ground_truth(coco.dataset, schema, args.source or schema.source_of(coco.class_names),
+                                FaceToHead() if args.gt_faces else None)
+    category_ids = {c["name"]: c["id"] for c in gt["categories"]}
     report: dict[str, float] = {}
     systems = {"two_stage": predict_coco(pipe, coco)}
     if args.haar:
@@ -114,19 +126,21 @@ def main(args: argparse.Namespace) -> dict[str, float]:
     for name, results in systems.items():
         joint = [r for i, res in results.items() for r in res.to_coco_results(i, category_ids, "joint")]
         at_op = [r for i, res in results.items() for r in res.to_coco_results(i, category_ids, "seg")]
-        report.update({f"{name}/{k}": v for k, v in _score(coco, joint, at_op, op_thresh[name]).items()})
+        report.update({f"{name}/{k}": v for k, v in
+                       attribute_end_to_end(gt, joint, at_op, op_thresh[name], schema, SWEEP).items()})
     if args.single_stage:
         model, single_cfg, names = load_segmenter(args.single_stage, args.device, **seg_overrides)
-        if sorted(names) != sorted(category_ids):
-            raise ValueError(f"--single-stage model classes {names} differ from {sorted(category_ids)}")
-        _, results = evaluate_segmenter(model, coco, args.device, names,
-                                        box_from_mask=single_cfg.model.box_from_mask)
+        if sorted(names) != sorted(coco.class_names):
+            raise ValueError(f"--single-stage model classes {names} differ from {sorted(coco.class_names)}")
+        _, results = evaluate_segmenter(model, coco, args.device, names, box_from_mask=single_cfg.model.box_from_mask)
         report.update({f"single_stage/{k}": v for k, v in
-                       _score(coco, results, results, op_thresh["single_stage"]).items()})
-    systems_run = [s for s in SYSTEMS if f"{s}/bbox/AP" in report]
-    print(f"{'system':<14}" + "".join(f"{k:>15}" for k in KEYS))
-    for s in systems_run:
-        print(f"{s:<14}" + "".join(f"{report.get(f'{s}/{k}', float('nan')):>15.4f}" for k in KEYS))
+                       attribute_end_to_end(gt, results, results, op_thresh["single_stage"], schema, SWEEP).items()})
+    attributes = sorted({c["attribute"] for c in gt["categories"]}, key=schema.names.index)
+    print(f"{'system':<28}" + "".join(f"{k:>15}" for k in KEYS))
+    for s in SYSTEMS:
+        for prefix in (f"{s}/{attribute_prefix(schema, a)}" for a in attributes):
+            if f"{prefix}bbox/AP" in report:
+                print(f"{prefix.rstrip('/'):<28}" + "".join(f"{report[prefix + k]:>15.4f}" for k in KEYS))
     print(format_metrics_table({k: v for k, v in report.items() if "/AP50/" in k}))
     if args.out:
         write_json(args.out, report)

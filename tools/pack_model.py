@@ -29,7 +29,7 @@ from headseg.engine import save_checkpoint  # noqa: E402
 from tools._cli import run  # noqa: E402
 
 # Everything a checkpoint needs at inference; optimizer, scheduler and RNG states are dropped.
-KEEP = ("kind", "version", "model", "config", "class_names", "epoch", "metrics", "preprocessing",
+KEEP = ("kind", "version", "model", "config", "class_names", "schema", "epoch", "metrics", "preprocessing",
         "input_size", "mean", "std", "crop")
 
 

@@ -2,7 +2,8 @@
 
 Writes to ``--out``: one annotated PNG per image (``<name>.png``) or one annotated MP4 per
 video, ``predictions.jsonl`` (one record per image or video frame: boxes, RLE masks, scores,
-labels, probabilities) and ``summary.json`` (heads per attire class). An unreadable input is
+labels, probabilities, attributes) and ``summary.json`` (heads per attire class; per
+``attribute/value`` for a multi-attribute classifier). An unreadable input is
 reported on one line and skipped; the exit status is then 1. Tracebacks only with ``--debug``.
 Videos here are frame dumps; ``tools/track.py`` tracks people through them and writes events.
 
@@ -87,7 +88,7 @@ def _record(sink, counts: Counter, result: ImageResult, source: str, frame: int 
     if frame is not None:
         record["frame"] = frame
     sink.write(json.dumps(record) + "\n")
-    counts.update(h.label for h in result.heads)
+    counts.update(result.counts())
 
 
 def _decode_ahead(files: list[Path]) -> Iterator[tuple[Path, Future | None]]:
@@ -150,8 +151,7 @@ def main(args: argparse.Namespace) -> int:
     summary = {"files": len(files), "processed": done, "skipped": problems,
                "heads_per_class": dict(counts.most_common())}
     write_json(args.out / "summary.json", summary)
-    print(f"{done}/{len(files)} files, {sum(counts.values())} heads: "
-          + ", ".join(f"{k} {v}" for k, v in counts.most_common()))
+    print(f"{done}/{len(files)} files; heads per class: " + ", ".join(f"{k} {v}" for k, v in counts.most_common()))
     print(f"outputs in {args.out}")
     for p in problems:
         print(f"skipped: {p}", file=sys.stderr)

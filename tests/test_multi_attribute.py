@@ -1,0 +1,342 @@
+"""Several attributes end to end: config, two crop sets in one run, checkpoints old and new,
+results, drawing and evaluation, on tiny synthetic data and untrained tiny models."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+import torchvision
+import yaml
+
+from headseg import Head, HeadwearPipeline, ImageResult
+from headseg.attributes import AttributePrediction, AttributeSchema, FaceToHead, faces_to_heads
+from headseg.classification import Classifier, classifier_checkpoint, normalize, predict_probs
+from headseg.config import ClsConfig, SegConfig, load_config
+from headseg.engine import load_checkpoint, save_checkpoint
+from headseg.evaluation import attribute_end_to_end, attribute_ground_truth
+from headseg.pipeline import ASSETS, DrawnHead, draw_heads, head_lines, label_size, place_labels
+from headseg.segmentation import build_segmenter, segmenter_checkpoint
+from tests.conftest import TINY_SEG
+from tools import eval_cls, eval_pipeline, make_crops, predict, train_cls
+
+ROOT = Path(__file__).resolve().parents[1]
+# Two synthetic "data sets", each labelling one attribute with its own category names.
+SOURCES = {"hats": ("bare", "hard_hat"), "faces": ("face_mask", "bare", "glasses")}
+SCHEMA = {
+    "attributes": {"headwear": ["helmet", "none"], "face_mask": ["with_mask", "without_mask", "incorrect"]},
+    "sources": {"hats": {"hard_hat": "headwear/helmet", "bare": "headwear/none"},
+                "faces": {"face_mask": "face_mask/with_mask", "bare": "face_mask/without_mask",
+                          "glasses": "face_mask/incorrect"}},
+}
+TINY_TRAIN = ["crop.size=32", "model.weights=none", "train.batch_size=4", "train.max_iters=2",
+              "train.epochs=2", "train.frozen_epochs=1", "data.workers=0"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Path]]:
+    """Per source: its COCO splits and crop sets (the faces set cut with --face-to-head)."""
+    from datasets.synthetic import SyntheticConfig, make_synthetic_splits
+
+    out = tmp_path_factory.mktemp("multi")
+    found: dict[str, dict[str, Path]] = {}
+    for seed, (name, classes) in enumerate(SOURCES.items()):
+        splits = make_synthetic_splits(out / name, {"train": 6, "val": 3},
+                                       SyntheticConfig.fixed_size(128, classes=classes), seed=seed)
+        found[name] = dict(splits)
+        for split, coco in splits.items():
+            extra = ["--face-to-head"] if name == "faces" else []
+            found[name][f"crops_{split}"] = make_crops.main(make_crops.parse_args(
+                ["--coco", str(coco), "--out", str(out / f"crops_{name}" / split), "--no-progress", *extra,
+                 "--set", "crop.size=32"]))
+    return found
+
+
+@pytest.fixture(scope="module")
+def config_file(data: dict, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("cfg") / "cls_two.yaml"
+    sources = [{"name": n, "train_index": str(data[n]["crops_train"]), "val_index": str(data[n]["crops_val"])}
+               for n in SOURCES]
+    path.write_text(yaml.safe_dump({"_base_": str(ROOT / "configs" / "cls_default.yaml"), "schema": SCHEMA,
+                                    "data": {"sources": sources}}, sort_keys=False))
+    return path
+
+
+@pytest.fixture(scope="module")
+def trained(config_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("run")
+    train_cls.main(train_cls.parse_args(["--config", str(config_file), "--out", str(out), "--no-progress",
+                                         "--set", *TINY_TRAIN]))
+    return out
+
+
+@pytest.fixture(scope="module")
+def seg_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.manual_seed(0)
+    cfg = load_config(SegConfig, None, [s for s in TINY_SEG if s.startswith("model.")])
+    path = tmp_path_factory.mktemp("seg") / "seg.pt"
+    save_checkpoint(path, segmenter_checkpoint(build_segmenter(cfg.model, 1), cfg, ["head"]))
+    return path
+
+
+# ----------------------------------------------------------------------------- config
+
+
+def test_example_config_and_config_errors() -> None:
+    cfg = load_config(ClsConfig, ROOT / "configs" / "cls_multi.yaml")
+    assert cfg.schema.names == ["headwear", "face_mask"]
+    assert [s.name for s in cfg.data.sources] == ["hhw", "facemask"]
+    assert cfg.schema.targets("facemask", "mask_weared_incorrect") == [-1, 2]  # prepare_facemask's names
+    assert cfg.schema.targets("hhw", "head") == [1, -1]  # prepare_hhw's names
+    assert load_config(ClsConfig, ROOT / "configs" / "cls_facemask.yaml").schema is None
+    with pytest.raises(ValueError, match="no schema"):
+        load_config(ClsConfig, None, ["data.sources=[{name: a, train_index: x}]"])
+    with pytest.raises(ValueError, match="data.sources instead"):
+        load_config(ClsConfig, ROOT / "configs" / "cls_multi.yaml", ["data.train_index=x.csv"])
+    with pytest.raises(ValueError, match="among the schema's sources"):
+        load_config(ClsConfig, ROOT / "configs" / "cls_multi.yaml", ["data.sources=[{name: hardhat}]"])
+
+
+# ----------------------------------------------------------------------------- crops
+
+
+def test_face_boxes_become_head_boxes_before_cropping(data: dict) -> None:
+    meta = json.loads((data["faces"]["crops_train"].parent / "crops.json").read_text())
+    assert meta["face_to_head"] == {"width": 1.3, "top": 0.45, "bottom": 0.05}
+    assert json.loads((data["hats"]["crops_train"].parent / "crops.json").read_text())["face_to_head"] is None
+    ann = {"id": 1, "bbox": [40, 50, 20, 30], "category_id": 1, "segmentation": [[0, 0, 1, 1, 1, 0]]}
+    (head,) = faces_to_heads([ann], FaceToHead(), 100, 100)
+    assert head["bbox"] == pytest.approx([37.0, 36.5, 26.0, 45.0]) and "segmentation" not in head
+    assert head["area"] == pytest.approx(26 * 45) and ann["bbox"] == [40, 50, 20, 30]  # input kept
+
+
+# ----------------------------------------------------------------------------- training and eval
+
+
+def test_two_crop_sets_train_and_evaluate_per_attribute(trained: Path, data: dict, tmp_path: Path) -> None:
+    for name in ("best.pt", "last.pt", "metrics.csv", "curves.png", "val_headwear_confusion.png",
+                 "val_face_mask_confusion.png", "val_headwear_confusion.csv"):
+        assert (trained / name).is_file(), name
+    row = list(csv.DictReader((trained / "metrics.csv").open()))[-1]
+    per_attribute = [float(row["val/headwear/macro_f1"]), float(row["val/face_mask/macro_f1"])]
+    assert float(row["val/macro_f1"]) == pytest.approx(np.mean(per_attribute))  # what picks best.pt
+    assert {"val/headwear/f1/helmet", "val/face_mask/recall/incorrect"} <= set(row)
+
+    state = load_checkpoint(trained / "best.pt", "classifier")
+    assert state["version"] == 3 and state["schema"] == AttributeSchema.from_dict(SCHEMA).to_dict()
+    clf = Classifier.load(trained / "best.pt")
+    assert clf.schema == AttributeSchema.from_dict(SCHEMA)
+    assert clf.class_names == ["headwear/helmet", "headwear/none", "face_mask/with_mask",
+                               "face_mask/without_mask", "face_mask/incorrect"]
+    probs = predict_probs(clf.model, normalize(torch.rand(3, 3, 32, 32)), schema=clf.schema)
+    assert torch.allclose(probs[:, :2].sum(1), torch.ones(3)) and torch.allclose(probs[:, 2:].sum(1), torch.ones(3))
+
+    # eval_cls on one source's crops scores the attribute that source labels, and only it.
+    out = tmp_path / "ev" / "faces.json"
+    metrics = eval_cls.main(eval_cls.parse_args([str(trained / "best.pt"), str(data["faces"]["crops_val"]),
+                                                 "--out", str(out), "--no-progress"]))
+    assert "face_mask/macro_f1" in metrics and not any(k.startswith("headwear/") for k in metrics)
+    assert metrics["macro_f1"] == metrics["face_mask/macro_f1"]
+    for name in ("faces_face_mask_confusion.png", "faces_face_mask_mistakes.png", "faces_predictions.csv"):
+        assert (tmp_path / "ev" / name).is_file(), name
+    header = (tmp_path / "ev" / "faces_predictions.csv").read_text().splitlines()[0].split(",")
+    assert header[:4] == ["crop", "face_mask/label", "face_mask/pred", "face_mask/prob"]
+    with pytest.raises(ValueError, match="fit 2 sources"):  # "bare" is a category of both: name one
+        clf.schema.source_of(["bare"])
+    hats = eval_cls.main(eval_cls.parse_args([str(trained / "best.pt"), str(data["hats"]["crops_val"]),
+                                              "--source", "hats", "--out", str(tmp_path / "h.json"),
+                                              "--no-progress"]))
+    assert "headwear/macro_f1" in hats and "face_mask/macro_f1" not in hats
+
+
+def test_loss_balancing_and_resume_with_two_crop_sets(config_file: Path, trained: Path, tmp_path: Path) -> None:
+    out = tmp_path / "loss"
+    result = train_cls.main(train_cls.parse_args(["--config", str(config_file), "--out", str(out), "--no-progress",
+                                                  "--set", *TINY_TRAIN, "train.epochs=1", "data.balance=loss"]))
+    assert result["epochs"] == 1 and result["schema"].names == ["headwear", "face_mask"]
+    # Resuming the finished two-epoch run with a third epoch continues it.
+    again = train_cls.main(train_cls.parse_args(["--config", str(config_file), "--out", str(trained), "--no-progress",
+                                                 "--set", *TINY_TRAIN, "train.epochs=3", "--resume"]))
+    assert again["epochs"] == 3
+
+
+# ----------------------------------------------------------------------------- old checkpoints
+
+
+def test_bundled_single_attribute_checkpoint_loads_and_gives_the_same_outputs() -> None:
+    state = torch.load(ASSETS / "classifier.pt", map_location="cpu", weights_only=True)
+    assert state["version"] == 1 and "schema" not in state  # written before attributes existed
+    clf = Classifier.load(ASSETS / "classifier.pt")
+    assert clf.class_names == ["with_mask", "without_mask", "mask_weared_incorrect"]
+    assert clf.schema == AttributeSchema.single(clf.class_names)
+    # The reference: torchvision's own MobileNetV2 with the stored weights and one softmax.
+    reference = torchvision.models.mobilenet_v2(num_classes=3).eval()
+    reference.load_state_dict({k: v.float() for k, v in state["model"].items()})
+    torch.manual_seed(0)
+    x = normalize(torch.rand(4, 3, 96, 96))
+    with torch.inference_mode():
+        want = torch.softmax(reference(x), 1)
+    assert torch.allclose(predict_probs(clf.model, x, schema=clf.schema), want, atol=1e-6)
+
+
+def test_version_2_checkpoint_loads_as_one_attribute(tmp_path: Path) -> None:
+    cfg = load_config(ClsConfig, None, ["model.weights=none", "crop.size=32"])
+    from headseg.classification import build_classifier
+
+    model = build_classifier(cfg.model, 3).eval()
+    state = classifier_checkpoint(model, cfg, ["a", "b", "c"])
+    v2 = {**{k: v for k, v in state.items() if k != "schema"}, "version": 2}
+    save_checkpoint(tmp_path / "v2.pt", v2)
+    save_checkpoint(tmp_path / "v3.pt", state)
+    old, new = Classifier.load(tmp_path / "v2.pt"), Classifier.load(tmp_path / "v3.pt")
+    assert old.schema == new.schema == AttributeSchema.single(["a", "b", "c"])
+    x = normalize(torch.rand(2, 3, 32, 32))
+    assert torch.equal(predict_probs(old.model, x, schema=old.schema), predict_probs(new.model, x, schema=new.schema))
+    bad = {**state, "class_names": ["a", "b", "x"]}
+    with pytest.raises(ValueError, match="differ from its class names"):
+        Classifier.load(bad)
+
+
+# ----------------------------------------------------------------------------- results
+
+
+def _multi_head(box=(10.0, 10.0, 40.0, 50.0), helmet=0.8, mask=0.6) -> Head:
+    attributes = {"headwear": AttributePrediction("helmet" if helmet >= 0.5 else "none", max(helmet, 1 - helmet),
+                                                  {"helmet": helmet, "none": 1 - helmet}),
+                  "face_mask": AttributePrediction("with_mask", mask, {"with_mask": mask, "without_mask": 1 - mask,
+                                                                       "incorrect": 0.0})}
+    return Head.from_attributes(box, np.zeros((60, 80), bool), 0.9, attributes)
+
+
+def test_multi_attribute_head_json_coco_and_counts() -> None:
+    head = _multi_head()
+    assert head.label == "helmet, with_mask" and head.label_prob == pytest.approx(0.8 * 0.6)
+    assert head.probs["face_mask/without_mask"] == pytest.approx(0.4)
+    assert head.columns() == ["headwear/helmet", "face_mask/with_mask"]
+    result = ImageResult((head, _multi_head((50.0, 10.0, 70.0, 40.0), helmet=0.3)), (60, 80))
+    assert result.counts() == {"headwear/helmet": 1, "headwear/none": 1, "face_mask/with_mask": 2}
+    assert list(result.values("headwear")) == ["helmet", "none"]
+    assert len(result[result.values("headwear") == "none"]) == 1
+    with pytest.raises(ValueError, match="no attribute 'colour'"):
+        result.values("colour")
+    payload = json.loads(json.dumps(result.to_json()))
+    assert payload["heads"][0]["attributes"]["face_mask"] == {
+        "value": "with_mask", "prob": 0.6, "probs": {"with_mask": 0.6, "without_mask": 0.4, "incorrect": 0.0}}
+    ids = {"headwear/helmet": 1, "headwear/none": 2, "face_mask/with_mask": 3}
+    records = result.to_coco_results(5, ids)
+    assert [r["category_id"] for r in records] == [1, 3, 2, 3]  # one per head and attribute
+    assert records[0]["score"] == pytest.approx(0.9 * 0.8) and records[1]["score"] == pytest.approx(0.9 * 0.6)
+    assert [r["category_id"] for r in result.to_coco_results(5, {"face_mask/with_mask": 3})] == [3, 3]
+    # A single-attribute head keeps today's meaning, and its one attribute is "label".
+    single = Head((0, 0, 1, 1), np.zeros((2, 2), bool), 0.5, "cap", 0.7, {"cap": 0.7, "bare": 0.3})
+    assert single.attributes == {"label": AttributePrediction("cap", 0.7, {"cap": 0.7, "bare": 0.3})}
+    assert ImageResult((single,), (2, 2)).counts() == {"cap": 1}
+
+
+def test_pipeline_with_a_multi_attribute_classifier(seg_path: Path, trained: Path, tmp_path: Path) -> None:
+    pipe = HeadwearPipeline.from_checkpoint(seg_path, trained / "best.pt", device="cpu", score_thresh=0.0)
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, (96, 128, 3), dtype=np.uint8)
+    cv2.ellipse(image, (64, 48), (15, 20), 0, 0, 360, (200, 160, 130), -1)
+    result = pipe(image)
+    assert len(result) > 0
+    for head in result.heads:
+        assert list(head.attributes) == ["headwear", "face_mask"]
+        for p in head.attributes.values():
+            assert p.probs[p.value] == pytest.approx(p.prob) and sum(p.probs.values()) == pytest.approx(1.0, abs=1e-5)
+    # Heads of one batch are classified together: the same numbers one by one and in a batch.
+    again = pipe.classify(image, result.boxes, result.scores, result.masks)
+    for a, b in zip(result.heads, again.heads):
+        assert a.attributes["face_mask"].probs == pytest.approx(b.attributes["face_mask"].probs, abs=1e-5)
+    drawn = result.draw(image)
+    assert drawn.shape == image.shape and not np.array_equal(drawn, image)
+
+    cv2.imwrite(str(tmp_path / "a.png"), image[:, :, ::-1])
+    status = predict.main(predict.parse_args([str(tmp_path / "a.png"), "--out", str(tmp_path / "out"), "--seg",
+                                              str(seg_path), "--cls", str(trained / "best.pt"),
+                                              "--score-thresh", "0.0"]))
+    assert status == 0
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    per_class = summary["heads_per_class"]
+    assert set(per_class) <= set(pipe.class_names)
+    assert sum(v for k, v in per_class.items() if k.startswith("headwear/")) == len(result)
+
+
+def test_end_to_end_evaluation_per_attribute(seg_path: Path, trained: Path, data: dict, tmp_path: Path) -> None:
+    report = eval_pipeline.main(eval_pipeline.parse_args(
+        [str(data["faces"]["val"]), "--seg", str(seg_path), "--cls", str(trained / "best.pt"), "--gt-faces",
+         "--source", "faces", "--out", str(tmp_path / "faces.json")]))
+    for key in ("bbox/AP50", "bbox/AP50/with_mask", "precision", "recall", "precision/incorrect", "f1_best_thresh"):
+        assert 0.0 <= report[f"two_stage/face_mask/{key}"] <= 1.0 or report[f"two_stage/face_mask/{key}"] == -1.0
+    assert not any("/headwear/" in k for k in report)  # the faces set does not label headwear
+    hats = eval_pipeline.main(eval_pipeline.parse_args(
+        [str(data["hats"]["val"]), "--seg", str(seg_path), "--cls", str(trained / "best.pt"), "--source", "hats"]))
+    assert "two_stage/headwear/bbox/AP50/helmet" in hats and not any("/face_mask/" in k for k in hats)
+
+
+def test_attribute_evaluation_scores_a_perfect_system_one() -> None:
+    schema = AttributeSchema.from_dict(SCHEMA)
+    faces = [[10, 20, 20, 30], [60, 20, 20, 30]]
+    gt = {"images": [{"id": 1, "height": 100, "width": 100, "file_name": "x.png"}],
+          "categories": [{"id": 1, "name": "face_mask"}, {"id": 2, "name": "bare"}, {"id": 3, "name": "glasses"}],
+          "annotations": [{"id": k + 1, "image_id": 1, "category_id": k + 1, "bbox": b, "area": 600, "iscrowd": 0}
+                          for k, b in enumerate(faces)]}
+    heads = attribute_ground_truth(gt, schema, "faces", FaceToHead())
+    assert [c["name"] for c in heads["categories"]] == ["face_mask/with_mask", "face_mask/without_mask",
+                                                        "face_mask/incorrect"]
+    assert heads["annotations"][0]["bbox"] == pytest.approx([7.0, 6.5, 26.0, 45.0])  # the derived head box
+    assert gt["annotations"][0]["bbox"] == [10, 20, 20, 30]  # the input is not changed
+    # Predicted heads exactly on the derived head boxes, each of the right value.
+    results = [{"image_id": 1, "category_id": a["category_id"], "bbox": a["bbox"], "score": 0.9}
+               for a in heads["annotations"]]
+    report = attribute_end_to_end(heads, results, results, 0.5, schema, sweep=(0.5,))
+    assert report["face_mask/bbox/AP50/with_mask"] == pytest.approx(1.0)
+    assert report["face_mask/precision"] == report["face_mask/recall"] == 1.0
+    assert report["face_mask/recall/without_mask"] == 1.0
+    assert report["face_mask/bbox/AP75"] == pytest.approx(1.0)
+    # Matched to the raw face boxes instead, the same heads overlap them at IoU 0.51 only.
+    raw = attribute_ground_truth(gt, schema, "faces")
+    assert attribute_end_to_end(raw, results, results, 0.5, schema, sweep=(0.5,))["face_mask/bbox/AP75"] == 0.0
+    with pytest.raises(ValueError, match="maps to no attribute value"):
+        attribute_ground_truth({**gt, "categories": [{"id": 1, "name": "cap"}]}, schema, "faces")
+
+
+# ----------------------------------------------------------------------------- drawing
+
+
+def test_labels_stay_inside_the_image_and_apart() -> None:
+    size = (60, 80)
+    boxes = [(0, 0, 20, 20), (22, 0, 42, 20), (60, 45, 80, 60), (-5, 50, 10, 70)]  # corners, edges, neighbours
+    sizes = [(30, 12), (30, 12), (40, 24), (30, 12)]
+    corners = place_labels(boxes, sizes, size)
+    rects = [(x, y, x + w, y + h) for (x, y), (w, h) in zip(corners, sizes)]
+    for x0, y0, x1, y1 in rects:
+        assert 0 <= x0 and 0 <= y0 and x1 <= size[1] and y1 <= size[0]
+    for i in range(len(rects)):
+        for j in range(i):
+            a, b = rects[i], rects[j]
+            assert min(a[2], b[2]) <= max(a[0], b[0]) or min(a[3], b[3]) <= max(a[1], b[1]), (a, b)
+    # A label wider than the image starts at its left edge.
+    assert place_labels([(10, 10, 20, 20)], [(200, 10)], size) == [(0, 0)]
+    assert place_labels([], [], size) == []
+
+
+def test_drawn_multi_attribute_labels_are_inside_the_image() -> None:
+    image = np.zeros((60, 80, 3), np.uint8)
+    heads = [_multi_head((0.0, 0.0, 30.0, 25.0)), _multi_head((50.0, 35.0, 80.0, 60.0), helmet=0.2)]
+    result = ImageResult(tuple(heads), (60, 80))
+    drawn = result.draw(image)
+    lines = [[t for t, _ in head_lines(hd)] for hd in heads]
+    assert lines[0] == ["headwear: helmet 0.80", "face_mask: with_mask 0.60"]
+    sizes = [label_size(t, 1)[:2] for t in lines]
+    corners = place_labels([hd.box_xyxy for hd in heads], sizes, (60, 80))
+    for (x, y), (w, h) in zip(corners, sizes):  # the label backgrounds are drawn where the layout put them
+        assert drawn[y + 1, x + 1].any() and drawn[min(y + h, 60) - 2, x + 1].any()
+    out = np.zeros((60, 80, 3), np.uint8)
+    draw_heads(out, [DrawnHead((5, 5, 20, 20), [("x", (255, 0, 0))], None, box_width=1)])
+    assert out[20, 12].tolist() == [255, 0, 0]  # the box's bottom edge (its label sits at the top)
