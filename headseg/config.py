@@ -74,7 +74,9 @@ class TrainConfig:
     milestones: tuple[float, ...] = (0.67, 0.89)  # `step` only: fractions of training (8/12, 11/12)
     warmup_iters: int = 100  # linear warm-up, guards the first SGD steps of the fresh heads
     clip_grad_norm: float = 10.0  # 0 disables; stops rare spikes from small batches
-    amp: bool = True  # mixed precision: fp16 + gradient scaler on CUDA, bf16 autocast on the CPU
+    # mixed precision: fp16 + gradient scaler on CUDA; bf16 autocast on CPUs with AVX512-BF16 or
+    # AMX (elsewhere bf16 is emulated, >10x slower: fp32 then, with a warning; docs/PERFORMANCE.md)
+    amp: bool = True
     channels_last: bool = True  # NHWC convolutions, faster on CPUs and GPUs alike
     hflip: float = 0.5  # probability; heads are left/right symmetric
     scale_jitter: tuple[float, float] = (0.75, 1.25)  # zoom range, boxes and masks follow

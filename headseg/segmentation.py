@@ -470,16 +470,32 @@ def evaluate_segmenter(model: MaskRCNN, coco: CocoHeads, device: torch.device,
 # ----------------------------------------------------------------------------- training
 
 
-def autocast_settings(amp: bool, device: torch.device) -> dict[str, Any]:
+def cpu_runs_bf16() -> bool:
+    """Whether this CPU runs bf16 matrix products natively (AVX512-BF16 or AMX).
+
+    Without them oneDNN emulates bf16 and autocast is far slower than fp32: on a 2-core AMD EPYC
+    with AVX2 only, a bf16 hhw run trained at about 0.2 images/s against 1.7 in fp32
+    (docs/PERFORMANCE.md).
+    """
+    checks = (getattr(torch.cpu, "_is_avx512_bf16_supported", None), getattr(torch.cpu, "_is_amx_tile_supported", None))
+    return any(check() for check in checks if check is not None)
+
+
+def autocast_settings(amp: bool, device: torch.device, force: bool = False) -> dict[str, Any]:
     """``torch.autocast`` arguments for ``train.amp`` on ``device``.
 
     fp16 on CUDA (with a gradient scaler, see :func:`train_segmenter`), bf16 on the CPU: bf16
     keeps fp32's exponent range, so no loss scaling, and CPUs with AVX512-BF16 or AMX run its
-    matrix products natively (docs/PERFORMANCE.md has the measured speed-up and val AP).
+    matrix products natively (docs/PERFORMANCE.md has the measured speed-up and val AP). On a
+    CPU without them (:func:`cpu_runs_bf16`) bf16 is emulated and slower than fp32, so ``amp``
+    is turned off with a warning unless ``force`` (for benchmarks that measure that cost).
     """
+    if amp and device.type == "cpu" and not force and not cpu_runs_bf16():
+        log.warning("train.amp: this CPU has no AVX512-BF16 or AMX, where bf16 autocast runs "
+                    "several times slower than fp32; training in fp32")
+        amp = False
     dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
     return {"device_type": device.type, "dtype": dtype, "enabled": bool(amp)}
-
 
 
 def _set_param_groups(model: nn.Module, cfg: SegConfig) -> torch.optim.Optimizer:

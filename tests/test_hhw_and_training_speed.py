@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from datasets import prepare_hhw
+from headseg import segmentation
 from headseg.config import SegConfig, load_config
 from headseg.data import load_coco
 from headseg.segmentation import autocast_settings, build_segmenter, train_segmenter
@@ -65,11 +66,22 @@ def test_prepare_hhw_rejects_unexpected_class_names(tmp_path: Path) -> None:
 # ----------------------------------------------------------------------------- training levers
 
 
-def test_autocast_is_bf16_on_cpu_and_fp16_on_cuda() -> None:
+def test_autocast_is_bf16_on_cpu_and_fp16_on_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(segmentation, "cpu_runs_bf16", lambda: True)
     assert autocast_settings(True, torch.device("cpu")) == {
         "device_type": "cpu", "dtype": torch.bfloat16, "enabled": True}
     assert autocast_settings(True, torch.device("cuda", 0))["dtype"] == torch.float16
     assert autocast_settings(False, torch.device("cpu"))["enabled"] is False
+
+
+def test_autocast_stays_off_on_a_cpu_that_emulates_bf16(monkeypatch: pytest.MonkeyPatch,
+                                                         caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr(segmentation, "cpu_runs_bf16", lambda: False)
+    with caplog.at_level("WARNING", logger="headseg.segmentation"):
+        assert autocast_settings(True, torch.device("cpu"))["enabled"] is False
+    assert "no AVX512-BF16 or AMX" in caplog.text
+    assert autocast_settings(True, torch.device("cuda", 0))["enabled"] is True  # GPUs unaffected
+    assert autocast_settings(True, torch.device("cpu"), force=True)["enabled"] is True
 
 
 def _conv_output_dtypes(synthetic_data: dict, out: Path, extra: list[str]) -> tuple[set, dict]:
@@ -89,7 +101,9 @@ def _conv_output_dtypes(synthetic_data: dict, out: Path, extra: list[str]) -> tu
     return seen, load_checkpoint(out / "last.pt", "segmenter")
 
 
-def test_amp_trains_in_bf16_on_the_cpu_and_fp32_without(synthetic_data: dict, tmp_path: Path) -> None:
+def test_amp_trains_in_bf16_on_the_cpu_and_fp32_without(synthetic_data: dict, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(segmentation, "cpu_runs_bf16", lambda: True)  # as on an AVX512-BF16 CPU
     bf16, state = _conv_output_dtypes(synthetic_data, tmp_path / "amp", ["train.amp=true"])
     fp32, _ = _conv_output_dtypes(synthetic_data, tmp_path / "fp32",
                                   ["train.amp=false", "train.channels_last=false"])

@@ -97,7 +97,7 @@ def time_variant(cfg: SegConfig, device: torch.device, steps: int, warmup: int,
         model.backbone = torch.compile(model.backbone)
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad],
                                 lr=cfg.train.lr * 0.1, momentum=cfg.train.momentum)
-    autocast = autocast_settings(cfg.train.amp, device)
+    autocast = autocast_settings(cfg.train.amp, device, force=True)  # measure bf16 even where it is emulated
     scaler = torch.amp.GradScaler("cuda", enabled=autocast["dtype"] == torch.float16)
     times: list[float] = []
     batches = iter(_loader(cfg, cfg.train.seed))
