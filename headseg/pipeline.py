@@ -41,6 +41,13 @@ log = logging.getLogger(__name__)
 
 ImageInput = Union[np.ndarray, str, Path]
 ASSETS = Path(__file__).resolve().parent / "assets"
+# The bundled models, by name: (segmenter, classifier) files in ASSETS. docs/MODEL_CARD.md
+# says what each was trained on and how well it does.
+PRETRAINED = {
+    "facemask": ("segmenter.pt", "classifier.pt"),  # faces; with_mask / without_mask / incorrect
+    "hhw": ("hhw_segmenter.pt", "hhw_classifier.pt"),  # whole heads; helmet / head (bare)
+}
+DEFAULT_MODEL = "facemask"
 
 
 @dataclass(frozen=True, eq=False)
@@ -515,16 +522,22 @@ class HeadwearPipeline:
         return cls(seg, Classifier.load(classifier, device), device, **kwargs)
 
     @classmethod
-    def from_pretrained(cls, device: str | torch.device | None = None, **kwargs: Any) -> "HeadwearPipeline":
-        """The bundled default: trained on the CC0 face-mask photos (see docs/MODEL_CARD.md).
+    def from_pretrained(cls, device: str | torch.device | None = None, *, model: str = DEFAULT_MODEL,
+                        **kwargs: Any) -> "HeadwearPipeline":
+        """A bundled model: ``facemask`` (the default: faces in the CC0 face-mask photos, labelled
+        with_mask / without_mask / mask_weared_incorrect) or ``hhw`` (whole heads in the Hard Hat
+        Workers photos, labelled helmet / head). docs/MODEL_CARD.md has what each was trained on
+        and its test numbers.
 
-        Its checkpoint keeps COCO evaluation's low ``box_score_thresh`` (0.05), so the default
+        The checkpoints keep COCO evaluation's low ``box_score_thresh`` (0.05), so the default
         score threshold here is 0.5 unless ``score_thresh`` or a ``box_score_thresh`` override
         is given.
         """
+        if model not in PRETRAINED:
+            raise ValueError(f"no bundled model {model!r}; the bundled models are {sorted(PRETRAINED)}")
         if "box_score_thresh" not in (kwargs.get("seg_overrides") or {}):
             kwargs.setdefault("score_thresh", 0.5)
-        seg, clf = ASSETS / "segmenter.pt", ASSETS / "classifier.pt"
+        seg, clf = (ASSETS / name for name in PRETRAINED[model])
         for path in (seg, clf):
             if not path.is_file():
                 raise FileNotFoundError(f"the bundled model file {path} is missing; reinstall headseg "

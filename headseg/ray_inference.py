@@ -95,23 +95,25 @@ class HeadwearPredictor:
 
     Args:
         out: Output folder (shared by every node: a network file system or a mounted bucket).
-        seg, cls: Checkpoints of the two stages; both None for the bundled model.
+        seg, cls: Checkpoints of the two stages; both None for the bundled ``model``.
+        model: Bundled model name (``headseg.pipeline.PRETRAINED``; None: the default), when
+            seg and cls are None.
         device: ``cpu`` or ``cuda`` (Ray gives a GPU actor its own ``CUDA_VISIBLE_DEVICES``).
         threads: Torch intra-op threads: the CPU cores Ray reserved for this actor.
         **pipeline_kwargs: ``score_thresh``, ``batch_size``... for the pipeline.
     """
 
-    def __init__(self, out: str, seg: str | None, cls: str | None, device: str, threads: int,
+    def __init__(self, out: str, seg: str | None, cls: str | None, model: str | None, device: str, threads: int,
                  **pipeline_kwargs: Any) -> None:
         import torch  # noqa: PLC0415
 
-        from headseg.pipeline import HeadwearPipeline  # noqa: PLC0415
+        from headseg.pipeline import DEFAULT_MODEL, HeadwearPipeline  # noqa: PLC0415
 
         torch.set_num_threads(max(1, threads))
         if seg and cls:
             self.pipe = HeadwearPipeline.from_checkpoint(seg, cls, device, **pipeline_kwargs)
         else:
-            self.pipe = HeadwearPipeline.from_pretrained(device, **pipeline_kwargs)
+            self.pipe = HeadwearPipeline.from_pretrained(device, model=model or DEFAULT_MODEL, **pipeline_kwargs)
         self.records = Path(out) / RECORDS
         self.decoder = ThreadPoolExecutor(max_workers=2)  # decoding releases the GIL
 
@@ -182,7 +184,8 @@ def _crash_once() -> None:
 
 def predict_with_ray(inputs: Sequence[str | Path] | Any, out: str | Path, *,
                      seg: str | Path | None = None, cls: str | Path | None = None,
-                     score_thresh: float = 0.5, batch_size: int = 4, rows_per_batch: int = 16,
+                     model: str | None = None, score_thresh: float = 0.5, batch_size: int = 4,
+                     rows_per_batch: int = 16,
                      concurrency: int | None = None, cpus_per_actor: float = 1.0,
                      gpus_per_actor: float | None = None, max_restarts: int = 3,
                      max_task_retries: int = 3, ray_remote_args: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -197,7 +200,9 @@ def predict_with_ray(inputs: Sequence[str | Path] | Any, out: str | Path, *,
             ``ray.data.Dataset`` with a ``path`` column and optionally a ``bytes`` column
             (``ray.data.read_binary_files(..., include_paths=True)``, for object stores).
         out: Output folder; must be reachable by every node. A rerun skips inputs with records.
-        seg, cls: Checkpoints of the two stages; both None for the bundled model.
+        seg, cls: Checkpoints of the two stages; both None for the bundled ``model``.
+        model: Bundled model name (``headseg.pipeline.PRETRAINED``; None: the default), when
+            seg and cls are None.
         score_thresh: Heads below this segmentation score are dropped.
         batch_size: Images per segmenter forward pass (same-size images only).
         rows_per_batch: Inputs per ``map_batches`` batch, hence per records file.
@@ -268,7 +273,7 @@ def predict_with_ray(inputs: Sequence[str | Path] | Any, out: str | Path, *,
                 HeadwearPredictor, batch_size=rows_per_batch, batch_format="numpy",
                 compute=ray.data.ActorPoolStrategy(size=concurrency),
                 num_cpus=cpus_per_actor, num_gpus=gpus_per_actor,
-                fn_constructor_kwargs={"out": str(out), "seg": str(seg) if seg else None,
+                fn_constructor_kwargs={"out": str(out), "seg": str(seg) if seg else None, "model": model,
                                        "cls": str(cls) if cls else None,
                                        "device": "cuda" if gpus_per_actor else "cpu",
                                        "threads": int(cpus_per_actor), "score_thresh": score_thresh,

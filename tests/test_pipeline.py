@@ -271,6 +271,24 @@ def test_bundled_default_finds_heads_in_a_sample_photo() -> None:
     assert all(h.score >= 0.5 and h.label in pipe.class_names for h in result.heads)
 
 
+HHW_TEST = Path(__file__).resolve().parents[2] / "shared" / "data" / "hhw" / "test"
+
+
+def test_bundled_hard_hat_model_by_name_and_unknown_names() -> None:
+    pipe = HeadwearPipeline.from_pretrained(device="cpu", model="hhw")
+    assert pipe.class_names == ["helmet", "head"]
+    with pytest.raises(ValueError, match="no bundled model 'cpu'.*facemask.*hhw"):
+        HeadwearPipeline.from_pretrained(model="cpu")
+    if not HHW_TEST.is_dir():
+        pytest.skip("../shared/data/hhw is absent: the model loaded, photos not checked")
+    # The first test photo with three or more annotated heads: the model finds at least one.
+    labels = sorted((HHW_TEST / "labels").glob("*.txt"))
+    label = next(p for p in labels if len(p.read_text().split()) >= 3 * 5)  # 5 numbers a box
+    result = pipe(HHW_TEST / "images" / f"{label.stem}.jpg")
+    assert len(result) >= 1
+    assert all(h.label in pipe.class_names and h.score >= 0.5 for h in result.heads)
+
+
 def test_benchmark_tool_times_all_systems_and_writes_json(checkpoints: tuple[Path, Path],
                                                            tmp_path: Path) -> None:
     from tools import benchmark

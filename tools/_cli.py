@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 from collections.abc import Callable
 from typing import Any, NoReturn
 
@@ -32,7 +33,7 @@ def run(main: Callable[[argparse.Namespace], Any], args: argparse.Namespace) -> 
 
 
 def load_pipeline(args: argparse.Namespace, **kwargs: Any) -> Any:
-    """``HeadwearPipeline`` from ``--seg``/``--cls`` (both or neither: the bundled model) and ``--device``."""
+    """``HeadwearPipeline`` from ``--seg``/``--cls`` (both, or neither: the bundled ``--model``) and ``--device``."""
     from headseg.pipeline import HeadwearPipeline  # noqa: PLC0415
 
     if args.seg or args.cls:
@@ -40,4 +41,14 @@ def load_pipeline(args: argparse.Namespace, **kwargs: Any) -> Any:
             raise ValueError("got only one of --seg and --cls; give both checkpoints, or neither "
                              "for the bundled model")
         return HeadwearPipeline.from_checkpoint(args.seg, args.cls, args.device, **kwargs)
-    return HeadwearPipeline.from_pretrained(args.device, **kwargs)
+    return HeadwearPipeline.from_pretrained(args.device, model=args.model, **kwargs)
+
+
+def add_model_args(parser: argparse.ArgumentParser) -> None:
+    """``--seg``/``--cls`` (trained checkpoints) or ``--model`` (a bundled one), as :func:`load_pipeline` reads them."""
+    from headseg.pipeline import DEFAULT_MODEL, PRETRAINED  # noqa: PLC0415
+
+    parser.add_argument("--seg", type=Path, help="segmenter checkpoint (default: the bundled --model)")
+    parser.add_argument("--cls", type=Path, help="classifier checkpoint (default: the bundled --model)")
+    parser.add_argument("--model", choices=sorted(PRETRAINED), default=DEFAULT_MODEL,
+                        help="bundled model, when --seg/--cls are not given (docs/MODEL_CARD.md)")

@@ -28,7 +28,7 @@ from headseg.clips import MOTIONS  # noqa: E402
 from headseg.data import load_coco  # noqa: E402
 from headseg.io import write_json  # noqa: E402
 from headseg.track_eval import evaluate_clips  # noqa: E402
-from tools._cli import load_pipeline, run  # noqa: E402
+from tools._cli import add_model_args, load_pipeline, run  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -36,8 +36,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("coco", type=Path, help="COCO JSON of annotated photos (a test split)")
     parser.add_argument("--out", type=Path, help="write the numbers here as JSON")
-    parser.add_argument("--seg", type=Path, help="segmenter checkpoint (default: bundled model)")
-    parser.add_argument("--cls", type=Path, help="classifier checkpoint (default: bundled model)")
+    add_model_args(parser)
     parser.add_argument("--photos", type=int, default=5, help="photos drawn (seeded) with >= --min-heads heads")
     parser.add_argument("--min-heads", type=int, default=2)
     parser.add_argument("--motions", nargs="+", default=list(MOTIONS), choices=MOTIONS)

@@ -30,7 +30,7 @@ from tqdm import tqdm  # noqa: E402
 
 from headseg.io import VIDEO_EXTENSIONS, list_inputs, read_image, write_json  # noqa: E402
 from headseg.pipeline import HeadwearPipeline, ImageResult  # noqa: E402
-from tools._cli import run  # noqa: E402
+from tools._cli import add_model_args, load_pipeline, run  # noqa: E402
 
 DECODE_AHEAD = 4  # images decoded in threads while the model runs (OpenCV releases the GIL)
 
@@ -40,8 +40,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("inputs", nargs="+", help="image files, folders, globs or video files")
     parser.add_argument("--out", type=Path, required=True, help="output folder")
-    parser.add_argument("--seg", type=Path, help="segmenter checkpoint (default: bundled model)")
-    parser.add_argument("--cls", type=Path, help="classifier checkpoint (default: bundled model)")
+    add_model_args(parser)
     parser.add_argument("--score-thresh", type=float, default=0.5)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--device", help="cpu, cuda... (default: cuda if available)")
@@ -118,14 +117,7 @@ def _decode_ahead(files: list[Path]) -> Iterator[tuple[Path, Future | None]]:
 def main(args: argparse.Namespace) -> int:
     files, problems = list_inputs(args.inputs)
     args.out.mkdir(parents=True, exist_ok=True)
-    if args.seg or args.cls:
-        if not (args.seg and args.cls):
-            raise ValueError("give both --seg and --cls, or neither for the bundled model")
-        pipe = HeadwearPipeline.from_checkpoint(args.seg, args.cls, args.device,
-                                                score_thresh=args.score_thresh, batch_size=args.batch_size)
-    else:
-        pipe = HeadwearPipeline.from_pretrained(args.device, score_thresh=args.score_thresh,
-                                                batch_size=args.batch_size)
+    pipe = load_pipeline(args, score_thresh=args.score_thresh, batch_size=args.batch_size)
     counts: Counter = Counter()
     done = 0
     with open(args.out / "predictions.jsonl", "w") as sink:

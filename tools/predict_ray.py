@@ -23,7 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from headseg.ray_inference import import_ray, predict_with_ray  # noqa: E402
-from tools._cli import run  # noqa: E402
+from tools._cli import add_model_args, run  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -31,8 +31,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("inputs", nargs="+", help="image files, folders or globs")
     parser.add_argument("--out", type=Path, required=True, help="output folder (shared by every node)")
-    parser.add_argument("--seg", type=Path, help="segmenter checkpoint (default: bundled model)")
-    parser.add_argument("--cls", type=Path, help="classifier checkpoint (default: bundled model)")
+    add_model_args(parser)
     parser.add_argument("--score-thresh", type=float, default=0.5)
     parser.add_argument("--batch-size", type=int, default=4, help="images per segmenter forward pass")
     parser.add_argument("--rows-per-batch", type=int, default=16, help="inputs per actor call and records file")
@@ -51,7 +50,7 @@ def main(args: argparse.Namespace) -> int:
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # nothing leaves the machine unasked
         # The driver's headseg goes to every worker, so a cluster runs the code that started it.
         ray.init(address=args.address, runtime_env={"py_modules": [str(Path(__file__).resolve().parents[1] / "headseg")]})
-    summary = predict_with_ray(args.inputs, args.out, seg=args.seg, cls=args.cls,
+    summary = predict_with_ray(args.inputs, args.out, seg=args.seg, cls=args.cls, model=args.model,
                                score_thresh=args.score_thresh, batch_size=args.batch_size,
                                rows_per_batch=args.rows_per_batch, concurrency=args.actors,
                                cpus_per_actor=args.cpus_per_actor, gpus_per_actor=args.gpus_per_actor)

@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from headseg.io import VIDEO_EXTENSIONS, write_json  # noqa: E402
 from headseg.tracking import ByteTrackConfig  # noqa: E402
 from headseg.video import TrackOptions, parse_source, run_video  # noqa: E402
-from tools._cli import load_pipeline, run  # noqa: E402
+from tools._cli import add_model_args, load_pipeline, run  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -33,8 +33,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("sources", nargs="+", help="video files, folders of videos, camera indices, URLs")
     parser.add_argument("--out", type=Path, required=True, help="output folder")
-    parser.add_argument("--seg", type=Path, help="segmenter checkpoint (default: bundled model)")
-    parser.add_argument("--cls", type=Path, help="classifier checkpoint (default: bundled model)")
+    add_model_args(parser)
     parser.add_argument("--score-thresh", type=float, default=0.5)
     parser.add_argument("--stride", type=int, default=1, help="pipeline on every N-th frame")
     parser.add_argument("--max-frames", type=int, help="stop each source after this many frames")
