@@ -62,7 +62,7 @@ def main(args: argparse.Namespace) -> dict:
                             min_frames=args.min_frames, seed=args.seed)
     report.update(coco=str(args.coco), image_ids=chosen, stride=args.stride,
                   seconds=round(time.perf_counter() - start, 1),
-                  seg=str(args.seg or "bundled"), cls=str(args.cls or "bundled"))
+                  seg=str(args.seg or f"bundled {args.model}"), cls=str(args.cls or f"bundled {args.model}"))
     print(json.dumps(report, indent=2))
     if args.out:
         write_json(args.out, report)
