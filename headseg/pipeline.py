@@ -535,6 +535,8 @@ class HeadwearPipeline:
         """
         if model not in PRETRAINED:
             raise ValueError(f"no bundled model {model!r}; the bundled models are {sorted(PRETRAINED)}")
+        if isinstance(device, str) and device in PRETRAINED:
+            raise ValueError(f"{device!r} is a bundled model, not a device: from_pretrained(model={device!r})")
         if "box_score_thresh" not in (kwargs.get("seg_overrides") or {}):
             kwargs.setdefault("score_thresh", 0.5)
         seg, clf = (ASSETS / name for name in PRETRAINED[model])

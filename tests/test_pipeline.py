@@ -279,6 +279,8 @@ def test_bundled_hard_hat_model_by_name_and_unknown_names() -> None:
     assert pipe.class_names == ["helmet", "head"]
     with pytest.raises(ValueError, match="no bundled model 'cpu'.*facemask.*hhw"):
         HeadwearPipeline.from_pretrained(model="cpu")
+    with pytest.raises(ValueError, match="is a bundled model, not a device"):
+        HeadwearPipeline.from_pretrained("hhw")
     if not HHW_TEST.is_dir():
         pytest.skip("../shared/data/hhw is absent: the model loaded, photos not checked")
     # The first test photo with three or more annotated heads: the model finds at least one.
