@@ -10,7 +10,7 @@ Everything here is a pure function of arrays; no model is involved.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
@@ -120,12 +120,16 @@ class ClipFrame:
         boxes_xyxy: ``(K, 4)`` ground-truth boxes of the heads present in this frame.
         ids: ``(K,)`` int: each head's index in the photo's box list (its identity).
         hidden: Indices of heads present in the photo's view but covered by the occluder.
+        ignore_xyxy: ``(J, 4)`` boxes of heads partly in frame but absent from the ground truth
+            (less than ``min_visible`` of them in frame, or smaller than ``min_side``): a
+            detection there is neither right nor wrong, as MOTChallenge treats its distractors.
     """
 
     image: np.ndarray
     boxes_xyxy: np.ndarray
     ids: np.ndarray
     hidden: tuple[int, ...] = ()
+    ignore_xyxy: np.ndarray = field(default_factory=lambda: np.zeros((0, 4)))
 
 
 def make_clip(image: np.ndarray, boxes_xyxy: np.ndarray, motion: str, num_frames: int = 24,
@@ -141,8 +145,9 @@ def make_clip(image: np.ndarray, boxes_xyxy: np.ndarray, motion: str, num_frames
         out_size: ``(height, width)`` of the frames (default: the photo's).
         occlude: Hide the largest head behind a grey patch for 3 frames mid-clip (from
             ``num_frames // 2 - 1``); it is absent from the ground truth then.
-        min_visible: A head with less of its box in frame than this is absent.
-        min_side: A head whose frame box is smaller than this (pixels) is absent.
+        min_visible: A head with less of its box in frame than this is absent (and ignored
+            when any of it is in frame: ``ClipFrame.ignore_xyxy``).
+        min_side: A head whose frame box is smaller than this (pixels) is absent (and ignored).
         seed: For ``shake``.
 
     Yields:
@@ -167,7 +172,9 @@ def make_clip(image: np.ndarray, boxes_xyxy: np.ndarray, motion: str, num_frames
             present[target] = False
             hidden = (target,)
         ids = np.flatnonzero(present)
-        yield ClipFrame(frame, moved[ids], ids, hidden)
+        partial = ~present & (visible > 0)
+        partial[list(hidden)] = False
+        yield ClipFrame(frame, moved[ids], ids, hidden, moved[partial])
 
 
 def clip_boxes_from_coco(annotations: Sequence[dict]) -> tuple[np.ndarray, list[int]]:

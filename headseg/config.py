@@ -85,6 +85,9 @@ class TrainConfig:
     max_iters: int = 0  # stop each epoch after this many steps (0: whole epoch); for smoke runs
     log_every: int = 20  # steps between progress-bar loss updates
     select_metric: str = "bbox/AP50"  # val metric that picks best.pt; the product's head goal
+    # a trained segmenter (best.pt, last.pt or a packed file, e.g. headseg/assets/hhw_segmenter.pt)
+    # whose weights start the run instead of ImageNet's: fine-tuning; same architecture and classes
+    init_from: str = ""
 
 
 @dataclass(frozen=True)

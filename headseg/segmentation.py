@@ -531,6 +531,25 @@ def check_select_metric(name: str) -> None:
                      f"(valid: {', '.join(valid)}, or KEY/<class name>)")
 
 
+def init_from_checkpoint(model: MaskRCNN, path: str | Path, class_names: Sequence[str]) -> None:
+    """Load a trained segmenter's weights into ``model`` to fine-tune it (``train.init_from``).
+
+    Raises:
+        ValueError: the checkpoint has other classes or another architecture.
+    """
+    state = load_checkpoint(path, "segmenter")
+    if list(state["class_names"]) != list(class_names):
+        raise ValueError(f"train.init_from {path} was trained on classes {state['class_names']}, this run's "
+                         f"data has {list(class_names)}; set data.class_agnostic to match or start from ImageNet")
+    try:  # a packed file holds fp16 weights: copied into the fp32 parameters
+        model.load_state_dict(state["model"])
+    except RuntimeError as e:
+        raise ValueError(f"train.init_from {path} does not fit this run's model.* settings "
+                         f"({str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else e}); "
+                         f"use the architecture it was trained with: {state['config']['model']}") from None
+    log.info("weights from %s (epoch %s)", path, state.get("epoch"))
+
+
 def train_segmenter(cfg: SegConfig, out_dir: str | Path, resume: bool = False,
                     device: str | torch.device | None = None, progress: bool = True) -> dict[str, Any]:
     """Train a head segmenter; the loop behind ``tools/train_seg.py``.
@@ -579,6 +598,8 @@ def train_segmenter(cfg: SegConfig, out_dir: str | Path, resume: bool = False,
     scaler = torch.amp.GradScaler("cuda", enabled=autocast["dtype"] == torch.float16)
 
     state = checkpointer.resume(resume)
+    if state is None and t.init_from:
+        init_from_checkpoint(model, t.init_from, class_names)
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])

@@ -9,6 +9,7 @@ frame (each detected head's own label) and per person (the track's vote over its
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -44,12 +45,14 @@ class SequenceTracks:
     Attributes:
         gt_ids, gt_boxes: Per frame ``(K,)`` ids and ``(K, 4)`` xyxy boxes.
         pred_ids, pred_boxes: Per frame, the same for the tracker's output.
+        ignored: Predictions left out, matched to heads only partly in frame (:func:`score_clip`).
     """
 
     gt_ids: list[np.ndarray]
     gt_boxes: list[np.ndarray]
     pred_ids: list[np.ndarray]
     pred_boxes: list[np.ndarray]
+    ignored: int = 0
 
 
 def _trackeval_data(seq: SequenceTracks) -> dict[str, Any]:
@@ -72,7 +75,8 @@ def tracking_metrics(sequences: dict[str, SequenceTracks], iou_thresh: float = 0
         iou_thresh: A prediction matches ground truth at this IoU or more.
 
     Returns:
-        ``MOTA``, ``MOTP``, ``IDF1``, ``IDSW``, ``TP``, ``FP``, ``FN``, ``frag``, combined over clips.
+        ``MOTA``, ``MOTP``, ``IDF1``, ``IDSW``, ``TP``, ``FP``, ``FN``, ``frag``, combined over clips,
+        and ``ignored`` (predictions on heads only partly in frame, in none of the others).
     """
     from trackeval.metrics import CLEAR, Identity  # noqa: PLC0415
 
@@ -86,7 +90,8 @@ def tracking_metrics(sequences: dict[str, SequenceTracks], iou_thresh: float = 0
     c, i = clear.combine_sequences(per_clear), ident.combine_sequences(per_id)
     return {"MOTA": float(c["MOTA"]), "MOTP": float(c["MOTP"]), "IDF1": float(i["IDF1"]),
             "IDSW": int(c["IDSW"]), "TP": int(c["CLR_TP"]), "FP": int(c["CLR_FP"]),
-            "FN": int(c["CLR_FN"]), "frag": int(c["Frag"])}
+            "FN": int(c["CLR_FN"]), "frag": int(c["Frag"]),
+            "ignored": sum(seq.ignored for seq in sequences.values())}
 
 
 @dataclass
@@ -118,6 +123,20 @@ def _match(gt_boxes: np.ndarray, pred_boxes: np.ndarray, iou_thresh: float) -> l
     return [(r, c) for r, c in zip(rows, cols) if iou[r, c] >= iou_thresh]
 
 
+def _not_ignored(frame: ClipFrame, boxes: np.ndarray, iou_thresh: float) -> np.ndarray:
+    """``(N,)`` bool: predictions not matched to a head that is only partly in frame.
+
+    Ground truth and ignored heads are matched to the predictions together, and a prediction
+    whose partner is an ignored head is dropped, as MOTChallenge drops its distractors' matches.
+    """
+    keep = np.ones(len(boxes), bool)
+    if len(frame.ignore_xyxy):
+        both = np.concatenate([frame.boxes_xyxy.reshape(-1, 4), frame.ignore_xyxy])
+        for r, c in _match(both, boxes, iou_thresh):
+            keep[c] = r < len(frame.boxes_xyxy)
+    return keep
+
+
 def score_clip(gt: list[ClipFrame], gt_labels: Sequence[str], results: list[FrameResult], log: EventLog,
                tally: AttireTally, iou_thresh: float = 0.5) -> SequenceTracks:
     """Tally one clip's attire into ``tally``; return its tracks for :func:`tracking_metrics`.
@@ -132,10 +151,13 @@ def score_clip(gt: list[ClipFrame], gt_labels: Sequence[str], results: list[Fram
     """
     decided = {p.track_id: p.decisions["label"].value for p in log.people if "label" in p.decisions}
     votes: dict[int, Counter] = {}
-    seq = SequenceTracks([], [], [], [])
+    seq, ignored = SequenceTracks([], [], [], []), 0
     for frame, result in zip(gt, results):
         tracked = [h for h in result.heads if h.track_id is not None]
         boxes = np.asarray([h.box_xyxy for h in tracked], np.float64).reshape(-1, 4)
+        keep = _not_ignored(frame, boxes, iou_thresh)
+        ignored += len(tracked) - int(keep.sum())
+        tracked, boxes = [h for h, k in zip(tracked, keep) if k], boxes[keep]
         seq.gt_ids.append(frame.ids)
         seq.gt_boxes.append(frame.boxes_xyxy)
         seq.pred_ids.append(np.asarray([h.track_id for h in tracked], int))
@@ -153,13 +175,13 @@ def score_clip(gt: list[ClipFrame], gt_labels: Sequence[str], results: list[Fram
             tally.person_total += 1
             tally.person_correct += int(decided[track_id] == gt_labels[person])
             tally.confusion[(gt_labels[person], decided[track_id])] += 1
-    return seq
+    return dataclasses.replace(seq, ignored=ignored)
 
 
 def _frames(clip: Iterator[ClipFrame], gt: list[ClipFrame], fps: float) -> Iterator[Frame]:
     """Feed a clip to the tracker, keeping its ground truth (boxes only: images are dropped)."""
     for k, frame in enumerate(clip):
-        gt.append(ClipFrame(np.zeros((1, 1, 3), np.uint8), frame.boxes_xyxy, frame.ids, frame.hidden))
+        gt.append(dataclasses.replace(frame, image=np.zeros((1, 1, 3), np.uint8)))
         yield Frame(k, k / fps, frame.image)
 
 

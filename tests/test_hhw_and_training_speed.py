@@ -15,8 +15,8 @@ from datasets import prepare_hhw
 from headseg import segmentation
 from headseg.config import SegConfig, load_config
 from headseg.data import load_coco
-from headseg.segmentation import autocast_settings, build_segmenter, train_segmenter
-from headseg.engine import load_checkpoint
+from headseg.segmentation import autocast_settings, build_segmenter, segmenter_checkpoint, train_segmenter
+from headseg.engine import load_checkpoint, save_checkpoint
 from tests.conftest import TINY_SEG
 from tools import bench_train
 
@@ -121,6 +121,26 @@ def test_fewer_sampled_rois_reach_the_roi_heads(synthetic_data: dict, tmp_path: 
     _, state = _conv_output_dtypes(synthetic_data, tmp_path / "rois",
                                    ["model.box_batch_size_per_image=32"])
     assert state["epoch"] == 0
+
+
+def test_init_from_starts_from_a_packed_segmenter(synthetic_data: dict, tmp_path: Path) -> None:
+    cfg = load_config(SegConfig, None, TINY_SEG)
+    torch.manual_seed(1)
+    trained = build_segmenter(cfg.model, 1)
+    packed = segmenter_checkpoint(trained, cfg, ["head"])
+    packed["model"] = {k: v.half() if v.is_floating_point() else v for k, v in packed["model"].items()}
+    save_checkpoint(tmp_path / "packed.pt", packed)
+    # lr 0: the run's weights stay the ones it started from, which must be the packed file's.
+    _, state = _conv_output_dtypes(synthetic_data, tmp_path / "tuned",
+                                   [f"train.init_from={tmp_path / 'packed.pt'}", "train.lr=0"])
+    for k, v in trained.state_dict().items():
+        torch.testing.assert_close(state["model"][k], v.half().float() if v.is_floating_point() else v)
+    assert state["model"][k].dtype == v.dtype  # fp16 in the file, fp32 in training
+
+    other = segmenter_checkpoint(build_segmenter(cfg.model, 2), cfg, ["helmet", "head"])
+    save_checkpoint(tmp_path / "two.pt", other)
+    with pytest.raises(ValueError, match="trained on classes"):
+        _conv_output_dtypes(synthetic_data, tmp_path / "bad", [f"train.init_from={tmp_path / 'two.pt'}"])
 
 
 def test_stride4_level_with_8px_anchors_trains(synthetic_data: dict, tmp_path: Path) -> None:

@@ -12,11 +12,11 @@ import torch
 
 from headseg import Head, HeadwearPipeline
 from headseg.classification import build_classifier, classifier_checkpoint
-from headseg.clips import camera_path, make_clip, render_view, transform_boxes
+from headseg.clips import ClipFrame, camera_path, make_clip, render_view, transform_boxes
 from headseg.config import ClsConfig, SegConfig, load_config
 from headseg.events import EventLog, vote
 from headseg.segmentation import build_segmenter, segmenter_checkpoint
-from headseg.track_eval import SequenceTracks, tracking_metrics
+from headseg.track_eval import AttireTally, SequenceTracks, score_clip, tracking_metrics
 from headseg.tracking import ByteTracker, FrameResult, TrackedHead, Tracker, extrapolate_box
 from headseg.engine import save_checkpoint
 from headseg.video import Frame, VideoReader, track_frames
@@ -209,6 +209,33 @@ def test_clip_hides_the_largest_head_for_a_moment() -> None:
         x0, y0, x1, y1 = transform_boxes(boxes[1:], camera_path("zoom", 10, (100, 100), (100, 100))[k], (100, 100))[0][0]
         assert (frames[k].image[int(y0) + 1:int(y1) - 1, int(x0) + 1:int(x1) - 1] == 128).all()
     assert list(frames[0].ids) == [0, 1]
+
+
+def test_clip_ignores_heads_partly_in_frame() -> None:
+    image = np.full((100, 100, 3), 50, np.uint8)
+    boxes = np.array([[40.0, 40, 60, 60], [2, 10, 16, 24]])  # the second leaves the panning 70 % window
+    frames = list(make_clip(image, boxes, "pan", 10, occlude=False))
+    assert list(frames[0].ids) == [0, 1] and len(frames[0].ignore_xyxy) == 0
+    gone = [f for f in frames if 1 not in f.ids]
+    assert gone and all(len(f.ignore_xyxy) <= 1 for f in gone)
+    assert any(len(f.ignore_xyxy) == 1 for f in gone)  # partly in frame: ignored, not absent
+
+
+def test_predictions_on_ignored_heads_count_nowhere() -> None:
+    person, partial, elsewhere = (10.0, 10, 30, 30), (80.0, 10, 100, 30), (40.0, 60, 60, 80)
+    frames = [ClipFrame(np.zeros((1, 1, 3), np.uint8), np.array([person]), np.array([0]), (),
+                        np.array([partial]))] * 3
+    results = [FrameResult(k, k / 10, (TrackedHead(1, person, _head(person)), TrackedHead(2, partial, _head(partial)),
+                                       TrackedHead(3, elsewhere, _head(elsewhere))), (100, 100), True)
+               for k in range(3)]
+    log = EventLog(min_frames=2)
+    for result in results:
+        log.update(result)
+    log.finish()
+    seq = score_clip(frames, ["bare"], results, log, AttireTally())
+    metrics = tracking_metrics({"clip": seq})
+    assert seq.ignored == 3 and metrics["ignored"] == 3
+    assert metrics["TP"] == 3 and metrics["FP"] == 3 and metrics["IDSW"] == 0  # the stray head stays an error
 
 
 def test_tracking_metrics_count_an_id_switch() -> None:
