@@ -21,6 +21,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torchvision.ops import box_iou
 
+from headseg.attributes import AttributeSchema
 from headseg.clips import ClipFrame, clip_boxes_from_coco, make_clip
 from headseg.events import EventLog
 from headseg.io import read_image
@@ -137,19 +138,20 @@ def _not_ignored(frame: ClipFrame, boxes: np.ndarray, iou_thresh: float) -> np.n
     return keep
 
 
-def score_clip(gt: list[ClipFrame], gt_labels: Sequence[str], results: list[FrameResult], log: EventLog,
-               tally: AttireTally, iou_thresh: float = 0.5) -> SequenceTracks:
+def score_clip(gt: list[ClipFrame], gt_labels: Sequence[tuple[str, str] | None], results: list[FrameResult],
+               log: EventLog, tally: AttireTally, iou_thresh: float = 0.5) -> SequenceTracks:
     """Tally one clip's attire into ``tally``; return its tracks for :func:`tracking_metrics`.
 
     Args:
         gt: The clip's frames (their images may have been dropped: only boxes and ids are read).
-        gt_labels: Attire label of each photo head (index = ``ClipFrame.ids`` value).
+        gt_labels: ``(attribute, value)`` of each photo head (index = ``ClipFrame.ids`` value), or
+            None where the photo's category is none of the model's (left out of attire).
         results: The tracker's output, one per frame.
         log: The :class:`EventLog` that saw ``results`` and was finished: per-person decisions.
         tally: Updated in place.
         iou_thresh: Match threshold.
     """
-    decided = {p.track_id: p.decisions["label"].value for p in log.people if "label" in p.decisions}
+    decided = {p.track_id: {a: d.value for a, d in p.decisions.items()} for p in log.people}
     votes: dict[int, Counter] = {}
     seq, ignored = SequenceTracks([], [], [], []), 0
     for frame, result in zip(gt, results):
@@ -165,16 +167,18 @@ def score_clip(gt: list[ClipFrame], gt_labels: Sequence[str], results: list[Fram
         for r, c in _match(frame.boxes_xyxy, boxes, iou_thresh):
             person, head = int(frame.ids[r]), tracked[c]
             votes.setdefault(person, Counter())[head.track_id] += 1
-            if not head.carried:
+            if not head.carried and gt_labels[person] is not None:
+                attribute, value = gt_labels[person]
                 tally.frame_total += 1
-                tally.frame_correct += int(head.head.label == gt_labels[person])
+                tally.frame_correct += int(head.head.attributes[attribute].value == value)
     tally.people += len({int(x) for f in gt for x in f.ids})
     for person, tracks in votes.items():
         track_id = tracks.most_common(1)[0][0]
-        if track_id in decided:
+        if gt_labels[person] is not None and gt_labels[person][0] in decided.get(track_id, {}):
+            attribute, value = gt_labels[person]
             tally.person_total += 1
-            tally.person_correct += int(decided[track_id] == gt_labels[person])
-            tally.confusion[(gt_labels[person], decided[track_id])] += 1
+            tally.person_correct += int(decided[track_id][attribute] == value)
+            tally.confusion[(value, decided[track_id][attribute])] += 1
     return dataclasses.replace(seq, ignored=ignored)
 
 
@@ -188,7 +192,8 @@ def _frames(clip: Iterator[ClipFrame], gt: list[ClipFrame], fps: float) -> Itera
 def evaluate_clips(pipe: "HeadwearPipeline", coco: "CocoHeads", image_ids: Sequence[int],
                    motions: Sequence[str] = ("pan", "zoom", "shake"), num_frames: int = 24,
                    fps: float = 10.0, stride: int = 1, min_frames: int = 3,
-                   tracker: ByteTrackConfig = ByteTrackConfig(), seed: int = 0) -> dict[str, Any]:
+                   tracker: ByteTrackConfig = ByteTrackConfig(), seed: int = 0,
+                   source: str | None = None) -> dict[str, Any]:
     """Make a clip per photo and motion, track it, and score tracking and attire.
 
     Args:
@@ -202,17 +207,20 @@ def evaluate_clips(pipe: "HeadwearPipeline", coco: "CocoHeads", image_ids: Seque
         min_frames: Observed frames before a track's attire is decided.
         tracker: ByteTrack settings.
         seed: For ``shake``.
+        source: The model schema's source whose categories the data uses (default: inferred);
+            its mapping says which attribute value each category means.
 
     Returns:
         ``tracking`` (:func:`tracking_metrics`), ``attire`` (:class:`AttireTally`) and ``clips``
-        (their count and frames), plus a note when the model's classes miss the data's labels.
+        (their count and frames), plus a note when the model labels none of the data's categories.
     """
     sequences: dict[str, SequenceTracks] = {}
     tally = AttireTally()
+    truth = attire_truth(pipe.schema, coco.class_names, source)
     for image_id in image_ids:
         image = read_image(coco.image_path(image_id))
         boxes, category_ids = clip_boxes_from_coco(coco.annotations[image_id])
-        labels = [coco.categories[c] for c in category_ids]
+        labels = [truth.get(coco.categories[c]) for c in category_ids]
         for m, motion in enumerate(motions):
             gt: list[ClipFrame] = []
             clip = make_clip(image, boxes, motion, num_frames, seed=seed + 1000 * image_id + m)
@@ -226,7 +234,23 @@ def evaluate_clips(pipe: "HeadwearPipeline", coco: "CocoHeads", image_ids: Seque
             sequences[f"{image_id}-{motion}"] = score_clip(gt, labels, results, log, tally)
     out = {"tracking": tracking_metrics(sequences), "attire": tally.to_json(),
            "clips": len(sequences), "frames": len(sequences) * num_frames}
-    if not set(coco.class_names) & set(pipe.class_names):
-        out["attire"]["note"] = (f"the model's classes {pipe.class_names} share none with the data's "
-                                 f"{coco.class_names}: attire accuracy is 0 by construction")
+    if not truth:
+        out["attire"]["note"] = (f"the model's attributes {dict(pipe.schema.attributes)} label none of the "
+                                 f"data's categories {coco.class_names}: no attire is scored")
     return out
+
+
+def attire_truth(schema: AttributeSchema, class_names: Sequence[str], source: str | None = None) -> dict[str, tuple[str, str]]:
+    """Data category -> the ``(attribute, value)`` it means to the model (empty: none).
+
+    ``source`` names the schema's source the categories follow; by default the one source that
+    covers them all (a single-attribute model's classes are their own source).
+    """
+    if source is None:
+        try:
+            source = schema.source_of(class_names)
+        except ValueError:
+            return {}
+    if source not in schema.sources:
+        raise ValueError(f"source {source!r} is not in the model's schema; expected one of {sorted(schema.sources)}")
+    return {c: tuple(t.split("/", 1)) for c, t in schema.sources[source].items()}

@@ -232,7 +232,7 @@ def test_predictions_on_ignored_heads_count_nowhere() -> None:
     for result in results:
         log.update(result)
     log.finish()
-    seq = score_clip(frames, ["bare"], results, log, AttireTally())
+    seq = score_clip(frames, [("label", "bare")], results, log, AttireTally())
     metrics = tracking_metrics({"clip": seq})
     assert seq.ignored == 3 and metrics["ignored"] == 3
     assert metrics["TP"] == 3 and metrics["FP"] == 3 and metrics["IDSW"] == 0  # the stray head stays an error

@@ -52,3 +52,23 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cls", type=Path, help="classifier checkpoint (default: the bundled --model)")
     parser.add_argument("--model", choices=sorted(PRETRAINED), default=DEFAULT_MODEL,
                         help="bundled model, when --seg/--cls are not given (docs/MODEL_CARD.md)")
+
+
+def add_tracker_args(parser: argparse.ArgumentParser) -> None:
+    """``--score-thresh``, ``--track-thresh`` and ``--lost-s``, as :func:`tracker_config` reads them."""
+    parser.add_argument("--score-thresh", type=float, default=0.5, help="lowest score of a head the pipeline keeps")
+    parser.add_argument("--track-thresh", type=float,
+                        help="heads this sure start and extend tracks; those between --score-thresh and this "
+                             "only extend them (ByteTrack's second round) (default: --score-thresh)")
+    parser.add_argument("--lost-s", type=float, default=1.0, help="seconds a hidden head keeps its id")
+
+
+def tracker_config(args: argparse.Namespace) -> Any:
+    """``ByteTrackConfig`` from :func:`add_tracker_args`' options."""
+    from headseg.tracking import ByteTrackConfig  # noqa: PLC0415
+
+    high = args.score_thresh if args.track_thresh is None else args.track_thresh
+    if high < args.score_thresh:
+        raise ValueError(f"--track-thresh {high} is below --score-thresh {args.score_thresh}; the pipeline "
+                         "drops heads under --score-thresh, so expected --track-thresh >= --score-thresh")
+    return ByteTrackConfig(lost_s=args.lost_s, activation_thresh=high, high_thresh=high)

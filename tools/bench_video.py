@@ -45,9 +45,8 @@ from tqdm import tqdm  # noqa: E402
 
 from headseg.clips import MOTIONS, make_clip  # noqa: E402
 from headseg.io import IMAGE_EXTENSIONS, list_inputs, read_image, write_json  # noqa: E402
-from headseg.tracking import ByteTrackConfig  # noqa: E402
 from headseg.video import TrackOptions, run_video  # noqa: E402
-from tools._cli import add_model_args, load_pipeline, run  # noqa: E402
+from tools._cli import add_model_args, add_tracker_args, load_pipeline, run, tracker_config  # noqa: E402
 
 SAMPLES = Path(__file__).resolve().parents[1] / "docs" / "samples"
 VIEWS = 20  # views rendered per scene (photo and motion), as tools/make_clip.py's --frames
@@ -66,7 +65,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="made clip's frame size")
     parser.add_argument("--clip", type=Path, help="keep the made clip here (pass it as VIDEO next time)")
     add_model_args(parser)
-    parser.add_argument("--score-thresh", type=float, default=0.5)
+    add_tracker_args(parser)
     parser.add_argument("--stride", type=int, default=3, help="pipeline on every N-th frame")
     parser.add_argument("--warmup", type=int, default=2, help="pipeline calls not timed (x --stride frames)")
     parser.add_argument("--frames", type=int, help="stop after this many frames of the video")
@@ -232,9 +231,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                                                           cv2.CAP_PROP_FRAME_HEIGHT))
         cap.release()
         pipe = load_pipeline(args, score_thresh=args.score_thresh, batch_size=1)
-        # As tools/track.py: every head the pipeline keeps may start a track.
-        tracker = ByteTrackConfig(activation_thresh=args.score_thresh, high_thresh=args.score_thresh)
-        options = TrackOptions(args.stride, args.frames, tracker=tracker)
+        options = TrackOptions(args.stride, args.frames, tracker=tracker_config(args))  # as tools/track.py
         total = min(filter(None, (count, args.frames)), default=None)
         warmup = args.warmup * args.stride
         report: dict[str, Any] = {

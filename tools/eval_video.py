@@ -28,7 +28,7 @@ from headseg.clips import MOTIONS  # noqa: E402
 from headseg.data import load_coco  # noqa: E402
 from headseg.io import write_json  # noqa: E402
 from headseg.track_eval import evaluate_clips  # noqa: E402
-from tools._cli import add_model_args, load_pipeline, run  # noqa: E402
+from tools._cli import add_model_args, add_tracker_args, load_pipeline, run, tracker_config  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -43,7 +43,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--frames", type=int, default=24, help="frames per clip")
     parser.add_argument("--stride", type=int, default=1)
     parser.add_argument("--min-frames", type=int, default=3, help="frames before attire is decided")
-    parser.add_argument("--score-thresh", type=float, default=0.5)
+    add_tracker_args(parser)
+    parser.add_argument("--source", help="schema source the set's categories follow (default: inferred)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", help="cpu, cuda... (default: cuda if available)")
     return parser.parse_args(argv)
@@ -59,8 +60,10 @@ def main(args: argparse.Namespace) -> dict:
     pipe = load_pipeline(args, score_thresh=args.score_thresh, batch_size=1)
     start = time.perf_counter()
     report = evaluate_clips(pipe, coco, chosen, args.motions, args.frames, stride=args.stride,
-                            min_frames=args.min_frames, seed=args.seed)
-    report.update(coco=str(args.coco), image_ids=chosen, stride=args.stride,
+                            min_frames=args.min_frames, tracker=tracker_config(args), seed=args.seed,
+                            source=args.source)
+    report.update(coco=str(args.coco), image_ids=chosen, stride=args.stride, score_thresh=args.score_thresh,
+                  track_thresh=args.track_thresh or args.score_thresh,
                   seconds=round(time.perf_counter() - start, 1),
                   seg=str(args.seg or f"bundled {args.model}"), cls=str(args.cls or f"bundled {args.model}"))
     print(json.dumps(report, indent=2))

@@ -23,9 +23,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from headseg.io import VIDEO_EXTENSIONS, write_json  # noqa: E402
-from headseg.tracking import ByteTrackConfig  # noqa: E402
 from headseg.video import TrackOptions, parse_source, run_video  # noqa: E402
-from tools._cli import add_model_args, load_pipeline, run  # noqa: E402
+from tools._cli import add_model_args, add_tracker_args, load_pipeline, run, tracker_config  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -34,12 +33,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("sources", nargs="+", help="video files, folders of videos, camera indices, URLs")
     parser.add_argument("--out", type=Path, required=True, help="output folder")
     add_model_args(parser)
-    parser.add_argument("--score-thresh", type=float, default=0.5)
+    add_tracker_args(parser)
     parser.add_argument("--stride", type=int, default=1, help="pipeline on every N-th frame")
     parser.add_argument("--max-frames", type=int, help="stop each source after this many frames")
     parser.add_argument("--duration", type=float, help="stop each source after this many seconds")
     parser.add_argument("--min-frames", type=int, default=3, help="frames before attire is decided")
-    parser.add_argument("--lost-s", type=float, default=1.0, help="seconds a hidden head keeps its id")
     parser.add_argument("--device", help="cpu, cuda... (default: cuda if available)")
     parser.add_argument("--no-draw", action="store_true", help="JSON only, no annotated MP4")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -66,10 +64,7 @@ def main(args: argparse.Namespace) -> int:
     sources = expand_sources(args.sources)
     args.out.mkdir(parents=True, exist_ok=True)
     pipe = load_pipeline(args, score_thresh=args.score_thresh, batch_size=1)
-    # Every head the pipeline keeps may start a track: its threshold is the tracker's.
-    tracker = ByteTrackConfig(lost_s=args.lost_s, activation_thresh=args.score_thresh,
-                              high_thresh=args.score_thresh)
-    options = TrackOptions(args.stride, args.max_frames, args.duration, args.min_frames, tracker)
+    options = TrackOptions(args.stride, args.max_frames, args.duration, args.min_frames, tracker_config(args))
     summaries, problems = [], []
     with open(args.out / "predictions.jsonl", "w") as preds, open(args.out / "events.jsonl", "w") as events:
         for k, source in enumerate(sources):
