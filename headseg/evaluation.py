@@ -861,13 +861,16 @@ def end_to_end_scores(gt: COCO | str | Path | Mapping[str, Any], joint: Sequence
 
     Returns:
         :func:`coco_evaluate`'s bbox metrics (per category too), :func:`operating_point`'s at
-        ``op_thresh``, ``op_thresh``, ``f1_best_thresh`` and ``f1_at_best_thresh``.
+        ``op_thresh``, ``op_thresh``, ``f1_best_thresh`` and ``f1_at_best_thresh``, and
+        ``at_{t}/precision``, ``/recall``, ``/f1`` for each swept ``t``.
     """
     metrics = coco_evaluate(gt, joint, ("bbox",))
-    f1 = {t: operating_point(gt, at_op, t)["f1"] for t in sweep}
-    best = max(f1, key=f1.get)
+    points = {t: operating_point(gt, at_op, t) for t in sweep}
+    best = max(points, key=lambda t: points[t]["f1"])
+    # Every swept point too, so test's P/R at a threshold read on val needs no second run.
+    swept = {f"at_{t:.2f}/{k}": points[t][k] for t in sweep for k in ("precision", "recall", "f1")}
     return {**metrics, **operating_point(gt, at_op, op_thresh), "op_thresh": op_thresh,
-            "f1_best_thresh": best, "f1_at_best_thresh": f1[best]}
+            "f1_best_thresh": best, "f1_at_best_thresh": points[best]["f1"], **swept}
 
 
 def attribute_ground_truth(gt: COCO | str | Path | Mapping[str, Any], schema: AttributeSchema, source: str,

@@ -238,6 +238,10 @@ def test_haar_baseline_and_joint_evaluation(checkpoints: tuple[Path, Path], synt
         # the F1-best threshold of the sweep is at least as good as the operating point
         assert report[f"{system}/f1_best_thresh"] in eval_pipeline.SWEEP
         assert report[f"{system}/f1_at_best_thresh"] >= report[f"{system}/f1"]
+        # every swept point is kept: test's P/R at a threshold read on val, from one run
+        best = report[f"{system}/f1_best_thresh"]
+        assert report[f"{system}/at_{best:.2f}/f1"] == report[f"{system}/f1_at_best_thresh"]
+    assert report["two_stage/at_0.30/precision"] == report["two_stage/precision"]
     assert report["two_stage/op_thresh"] == 0.3 and report["haar/op_thresh"] == 0.5
     assert json.loads(out.read_text()) == pytest.approx(report)
     with pytest.raises(ValueError, match="SYSTEM=T"):
