@@ -48,6 +48,9 @@ PRETRAINED = {
     "hhw": ("hhw_segmenter.pt", "hhw_classifier.pt"),  # whole heads; helmet / head (bare)
 }
 DEFAULT_MODEL = "facemask"
+# Each bundled model's default score threshold (its operating point): hhw's is the F1-best one
+# on hhw val (docs/RESULTS.md, "Hard Hat Workers"); facemask's is the long-standing 0.5.
+OPERATING_THRESH = {"facemask": 0.5, "hhw": 0.5}
 
 
 @dataclass(frozen=True, eq=False)
@@ -530,15 +533,15 @@ class HeadwearPipeline:
         and its test numbers.
 
         The checkpoints keep COCO evaluation's low ``box_score_thresh`` (0.05), so the default
-        score threshold here is 0.5 unless ``score_thresh`` or a ``box_score_thresh`` override
-        is given.
+        score threshold here is the model's operating point (:data:`OPERATING_THRESH`) unless
+        ``score_thresh`` (not None) or a ``box_score_thresh`` override is given.
         """
         if model not in PRETRAINED:
             raise ValueError(f"no bundled model {model!r}; the bundled models are {sorted(PRETRAINED)}")
         if isinstance(device, str) and device in PRETRAINED:
             raise ValueError(f"{device!r} is a bundled model, not a device: from_pretrained(model={device!r})")
-        if "box_score_thresh" not in (kwargs.get("seg_overrides") or {}):
-            kwargs.setdefault("score_thresh", 0.5)
+        if kwargs.get("score_thresh") is None and "box_score_thresh" not in (kwargs.get("seg_overrides") or {}):
+            kwargs["score_thresh"] = OPERATING_THRESH[model]
         seg, clf = (ASSETS / name for name in PRETRAINED[model])
         for path in (seg, clf):
             if not path.is_file():

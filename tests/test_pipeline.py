@@ -279,8 +279,13 @@ HHW_TEST = Path(__file__).resolve().parents[2] / "shared" / "data" / "hhw" / "te
 
 
 def test_bundled_hard_hat_model_by_name_and_unknown_names() -> None:
+    from headseg.pipeline import OPERATING_THRESH
+
     pipe = HeadwearPipeline.from_pretrained(device="cpu", model="hhw")
     assert pipe.class_names == ["helmet", "head"]
+    assert pipe.score_thresh == OPERATING_THRESH["hhw"]  # its operating point, unless asked otherwise
+    assert HeadwearPipeline.from_pretrained(device="cpu", model="hhw", score_thresh=None).score_thresh == OPERATING_THRESH["hhw"]
+    assert HeadwearPipeline.from_pretrained(device="cpu", model="hhw", score_thresh=0.9).score_thresh == 0.9
     with pytest.raises(ValueError, match="no bundled model 'cpu'.*facemask.*hhw"):
         HeadwearPipeline.from_pretrained(model="cpu")
     with pytest.raises(ValueError, match="is a bundled model, not a device"):

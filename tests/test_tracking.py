@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
@@ -236,6 +237,18 @@ def test_predictions_on_ignored_heads_count_nowhere() -> None:
     metrics = tracking_metrics({"clip": seq})
     assert seq.ignored == 3 and metrics["ignored"] == 3
     assert metrics["TP"] == 3 and metrics["FP"] == 3 and metrics["IDSW"] == 0  # the stray head stays an error
+
+
+def test_tracker_thresholds_from_the_command_line() -> None:
+    from tools._cli import add_tracker_args, tracker_config
+
+    parser = argparse.ArgumentParser()
+    add_tracker_args(parser)
+    assert tracker_config(parser.parse_args([]), 0.6).high_thresh == 0.6  # the pipeline's threshold
+    config = tracker_config(parser.parse_args(["--score-thresh", "0.3", "--track-thresh", "0.7"]), 0.3)
+    assert config.high_thresh == config.activation_thresh == 0.7  # 0.3-0.7: ByteTrack's second round
+    with pytest.raises(ValueError, match="below the pipeline's score threshold"):
+        tracker_config(parser.parse_args(["--track-thresh", "0.2"]), 0.5)
 
 
 def test_tracking_metrics_count_an_id_switch() -> None:

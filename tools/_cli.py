@@ -40,6 +40,8 @@ def load_pipeline(args: argparse.Namespace, **kwargs: Any) -> Any:
         if not (args.seg and args.cls):
             raise ValueError("got only one of --seg and --cls; give both checkpoints, or neither "
                              "for the bundled model")
+        if kwargs.get("score_thresh", 0.5) is None:  # checkpoints keep COCO evaluation's 0.05
+            kwargs["score_thresh"] = 0.5
         return HeadwearPipeline.from_checkpoint(args.seg, args.cls, args.device, **kwargs)
     return HeadwearPipeline.from_pretrained(args.device, model=args.model, **kwargs)
 
@@ -56,19 +58,26 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
 
 def add_tracker_args(parser: argparse.ArgumentParser) -> None:
     """``--score-thresh``, ``--track-thresh`` and ``--lost-s``, as :func:`tracker_config` reads them."""
-    parser.add_argument("--score-thresh", type=float, default=0.5, help="lowest score of a head the pipeline keeps")
+    add_score_arg(parser)
     parser.add_argument("--track-thresh", type=float,
                         help="heads this sure start and extend tracks; those between --score-thresh and this "
                              "only extend them (ByteTrack's second round) (default: --score-thresh)")
     parser.add_argument("--lost-s", type=float, default=1.0, help="seconds a hidden head keeps its id")
 
 
-def tracker_config(args: argparse.Namespace) -> Any:
-    """``ByteTrackConfig`` from :func:`add_tracker_args`' options."""
+def add_score_arg(parser: argparse.ArgumentParser) -> None:
+    """``--score-thresh``; unset, the bundled model's operating point or the checkpoint's own."""
+    parser.add_argument("--score-thresh", type=float,
+                        help="lowest score of a head the pipeline keeps (default: the bundled model's "
+                             "operating point, docs/MODEL_CARD.md; 0.5 with --seg/--cls)")
+
+
+def tracker_config(args: argparse.Namespace, score_thresh: float) -> Any:
+    """``ByteTrackConfig`` from :func:`add_tracker_args`' options; ``score_thresh``: the pipeline's."""
     from headseg.tracking import ByteTrackConfig  # noqa: PLC0415
 
-    high = args.score_thresh if args.track_thresh is None else args.track_thresh
-    if high < args.score_thresh:
-        raise ValueError(f"--track-thresh {high} is below --score-thresh {args.score_thresh}; the pipeline "
-                         "drops heads under --score-thresh, so expected --track-thresh >= --score-thresh")
+    high = score_thresh if args.track_thresh is None else args.track_thresh
+    if high < score_thresh:
+        raise ValueError(f"--track-thresh {high} is below the pipeline's score threshold {score_thresh}; "
+                         "it drops heads under that, so expected --track-thresh >= --score-thresh")
     return ByteTrackConfig(lost_s=args.lost_s, activation_thresh=high, high_thresh=high)

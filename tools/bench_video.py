@@ -231,7 +231,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                                                           cv2.CAP_PROP_FRAME_HEIGHT))
         cap.release()
         pipe = load_pipeline(args, score_thresh=args.score_thresh, batch_size=1)
-        options = TrackOptions(args.stride, args.frames, tracker=tracker_config(args))  # as tools/track.py
+        options = TrackOptions(args.stride, args.frames, tracker=tracker_config(args, pipe.score_thresh))  # as track.py
         total = min(filter(None, (count, args.frames)), default=None)
         warmup = args.warmup * args.stride
         report: dict[str, Any] = {

@@ -60,10 +60,10 @@ def main(args: argparse.Namespace) -> dict:
     pipe = load_pipeline(args, score_thresh=args.score_thresh, batch_size=1)
     start = time.perf_counter()
     report = evaluate_clips(pipe, coco, chosen, args.motions, args.frames, stride=args.stride,
-                            min_frames=args.min_frames, tracker=tracker_config(args), seed=args.seed,
+                            min_frames=args.min_frames, tracker=tracker_config(args, pipe.score_thresh), seed=args.seed,
                             source=args.source)
-    report.update(coco=str(args.coco), image_ids=chosen, stride=args.stride, score_thresh=args.score_thresh,
-                  track_thresh=args.track_thresh or args.score_thresh,
+    report.update(coco=str(args.coco), image_ids=chosen, stride=args.stride, score_thresh=pipe.score_thresh,
+                  track_thresh=args.track_thresh or pipe.score_thresh,
                   seconds=round(time.perf_counter() - start, 1),
                   seg=str(args.seg or f"bundled {args.model}"), cls=str(args.cls or f"bundled {args.model}"))
     print(json.dumps(report, indent=2))

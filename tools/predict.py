@@ -30,7 +30,7 @@ from tqdm import tqdm  # noqa: E402
 
 from headseg.io import VIDEO_EXTENSIONS, list_inputs, read_image, write_json  # noqa: E402
 from headseg.pipeline import HeadwearPipeline, ImageResult  # noqa: E402
-from tools._cli import add_model_args, load_pipeline, run  # noqa: E402
+from tools._cli import add_model_args, add_score_arg, load_pipeline, run  # noqa: E402
 
 DECODE_AHEAD = 4  # images decoded in threads while the model runs (OpenCV releases the GIL)
 
@@ -41,7 +41,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("inputs", nargs="+", help="image files, folders, globs or video files")
     parser.add_argument("--out", type=Path, required=True, help="output folder")
     add_model_args(parser)
-    parser.add_argument("--score-thresh", type=float, default=0.5)
+    add_score_arg(parser)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--device", help="cpu, cuda... (default: cuda if available)")
     parser.add_argument("--no-draw", action="store_true", help="JSON only, no annotated output")

@@ -64,7 +64,8 @@ def main(args: argparse.Namespace) -> int:
     sources = expand_sources(args.sources)
     args.out.mkdir(parents=True, exist_ok=True)
     pipe = load_pipeline(args, score_thresh=args.score_thresh, batch_size=1)
-    options = TrackOptions(args.stride, args.max_frames, args.duration, args.min_frames, tracker_config(args))
+    options = TrackOptions(args.stride, args.max_frames, args.duration, args.min_frames,
+                           tracker_config(args, pipe.score_thresh))
     summaries, problems = [], []
     with open(args.out / "predictions.jsonl", "w") as preds, open(args.out / "events.jsonl", "w") as events:
         for k, source in enumerate(sources):
