@@ -67,3 +67,31 @@ def test_segmenter_onnx_matches_pytorch_in_onnxruntime(tmp_path: Path) -> None:
     verdict = check_segmenter_onnx(path, model, torch.rand(3, 96, 128))
     assert "detections, max |diff|" in verdict, verdict
     assert float(verdict.rsplit(" ", 1)[1]) < 1e-3
+
+
+def test_export_tool_writes_what_a_server_needs_beside_the_files(tmp_path: Path) -> None:
+    import json
+
+    from headseg.attributes import AttributeSchema
+    from headseg.classification import classifier_checkpoint
+    from headseg.config import ClsConfig
+    from headseg.engine import save_checkpoint
+    from headseg.segmentation import segmenter_checkpoint
+    from tools import export
+
+    schema = AttributeSchema({"headwear": ["helmet", "none"], "face_mask": ["with_mask", "without_mask", "incorrect"]})
+    cls_cfg = load_config(ClsConfig, None, ["model.weights=none", "crop.size=32"])
+    save_checkpoint(tmp_path / "cls.pt", classifier_checkpoint(build_classifier(cls_cfg.model, 5), cls_cfg, schema))
+    seg_cfg = load_config(SegConfig, None, TINY_SEG)
+    save_checkpoint(tmp_path / "seg.pt", segmenter_checkpoint(build_segmenter(seg_cfg.model, 1), seg_cfg, ["head"]))
+    out = tmp_path / "exported"
+    report = export.main(export.parse_args(["--cls", str(tmp_path / "cls.pt"), "--seg", str(tmp_path / "seg.pt"),
+                                            "--out", str(out)]))
+    assert "classifier.json" in report and "segmenter.json" in report
+    meta = json.loads((out / "classifier.json").read_text())
+    assert meta["columns"] == schema.column_names  # headwear/helmet ... face_mask/incorrect
+    assert meta["attributes"] == {"headwear": ["helmet", "none"], "face_mask": ["with_mask", "without_mask", "incorrect"]}
+    assert meta["crop"]["size"] == 32 and len(meta["mean"]) == len(meta["std"]) == 3
+    seg_meta = json.loads((out / "segmenter.json").read_text())
+    assert seg_meta["classes"] == ["head"] and seg_meta["min_size"] == 128
+    assert (out / "classifier.ts").is_file() and (out / "segmenter.ts").is_file()

@@ -2,7 +2,10 @@
 
 Writes ``classifier.onnx``, ``classifier.ts`` and ``segmenter.ts`` to ``--out`` and tries
 ``segmenter.onnx`` (best-effort in torchvision, one fixed input size); prints the largest
-output difference of each against PyTorch (the ONNX files in onnxruntime).
+output difference of each against PyTorch (the ONNX files in onnxruntime). Beside them,
+``classifier.json`` and ``segmenter.json`` say what a server needs and the files do not: the
+output columns and attributes (a softmax per attribute over its columns), the crop rules,
+input size and mean/std; the segmenter's classes and resize.
 
 Example:
     python tools/export.py --seg headseg/assets/segmenter.pt --cls headseg/assets/classifier.pt \
@@ -21,7 +24,7 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from headseg.classification import load_classifier  # noqa: E402
+from headseg.classification import Classifier  # noqa: E402
 from headseg.export import (  # noqa: E402
     check_segmenter_onnx,
     export_classifier_onnx,
@@ -29,7 +32,7 @@ from headseg.export import (  # noqa: E402
     export_segmenter_onnx,
     export_segmenter_torchscript,
 )
-from headseg.io import read_image  # noqa: E402
+from headseg.io import read_image, write_json  # noqa: E402
 from headseg.segmentation import load_segmenter  # noqa: E402
 from tools._cli import run  # noqa: E402
 
@@ -49,9 +52,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 @torch.inference_mode()
 def main(args: argparse.Namespace) -> dict[str, str]:
     report: dict[str, str] = {}
+    args.out.mkdir(parents=True, exist_ok=True)
     if args.cls:
-        model, cfg, _ = load_classifier(args.cls)
-        size = cfg.crop.size
+        clf = Classifier.load(args.cls)
+        model, cfg, size = clf.model, clf.config, clf.preprocessing.input_size
+        write_json(args.out / "classifier.json", {
+            "columns": clf.class_names, "attributes": clf.schema.to_dict()["attributes"],
+            "output": "logits; softmax over each attribute's columns, in the order of `attributes`",
+            "input": f"(N, 3, {size}, {size}) RGB in [0, 1], then (x - mean) / std",
+            **clf.preprocessing.to_dict()})
+        report["classifier.json"] = "columns, attributes, crop rules, mean/std"
         x = torch.rand(4, 3, size, size)
         ref = model(x)
         ts = torch.jit.load(str(export_classifier_torchscript(model, size, args.out / "classifier.ts")))
@@ -66,7 +76,13 @@ def main(args: argparse.Namespace) -> dict[str, str]:
         except ImportError:
             report["classifier.onnx"] = "skipped: pip install onnxruntime onnxscript"
     if args.seg:
-        model, cfg, _ = load_segmenter(args.seg)
+        model, cfg, class_names = load_segmenter(args.seg)
+        write_json(args.out / "segmenter.json", {
+            "classes": class_names, "labels": "1-based: label k is classes[k - 1] (0 is background)",
+            "input": "a list of (3, H, W) RGB tensors in [0, 1]; the model resizes and normalises itself",
+            "min_size": cfg.model.min_size, "max_size": cfg.model.max_size,
+            "box_score_thresh": cfg.model.box_score_thresh})
+        report["segmenter.json"] = "classes, resize, score threshold"
         if args.image:
             photo = cv2.resize(read_image(args.image), (400, 300), interpolation=cv2.INTER_AREA)
             image = torch.from_numpy(photo).permute(2, 0, 1).float() / 255
