@@ -50,7 +50,7 @@ PRETRAINED = {
 DEFAULT_MODEL = "facemask"
 # Each bundled model's default score threshold (its operating point): hhw's is the F1-best one
 # on hhw val (docs/RESULTS.md, "Hard Hat Workers"); facemask's is the long-standing 0.5.
-OPERATING_THRESH = {"facemask": 0.5, "hhw": 0.5}
+OPERATING_THRESH = {"facemask": 0.5, "hhw": 0.95}
 
 
 @dataclass(frozen=True, eq=False)
