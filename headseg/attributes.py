@@ -367,6 +367,58 @@ def face_to_head_box(face_xyxy: torch.Tensor, rule: FaceToHead = FaceToHead(),
     return out
 
 
+def match_faces_to_heads(faces: torch.Tensor, heads: torch.Tensor, min_cover: float = 0.8) -> list[tuple[int, int]]:
+    """Pair each face box with the head box that holds it, one head per face.
+
+    A head holds a face when it covers at least ``min_cover`` of the face's area; among those,
+    the face takes the head whose box is smallest (a head, not a group of heads), pairs are made
+    greedily from the best-covered faces, and each head serves one face.
+
+    Args:
+        faces: ``(N, 4)`` xyxy face boxes.
+        heads: ``(M, 4)`` xyxy head boxes.
+        min_cover: Least share of the face's area the head box must cover.
+
+    Returns:
+        ``(face index, head index)`` pairs, faces without a head left out.
+    """
+    if not len(faces) or not len(heads):
+        return []
+    lt = torch.maximum(faces[:, None, :2], heads[None, :, :2])
+    rb = torch.minimum(faces[:, None, 2:], heads[None, :, 2:])
+    inter = (rb - lt).clamp(min=0).prod(-1)
+    face_area = (faces[:, 2:] - faces[:, :2]).prod(-1).clamp(min=1e-6)
+    head_area = (heads[:, 2:] - heads[:, :2]).prod(-1)
+    cover = inter / face_area[:, None]
+    pairs, used = [], set()
+    for f in cover.max(1).values.argsort(descending=True).tolist():
+        candidates = [h for h in (cover[f] >= min_cover).nonzero().flatten().tolist() if h not in used]
+        if candidates:
+            h = min(candidates, key=lambda k: head_area[k].item())
+            pairs.append((f, h))
+            used.add(h)
+    return pairs
+
+
+def fit_face_to_head(faces: torch.Tensor, heads: torch.Tensor) -> FaceToHead:
+    """The :class:`FaceToHead` rule matched (face, head) box pairs follow: the median of each ratio.
+
+    Args:
+        faces: ``(N, 4)`` xyxy face boxes.
+        heads: ``(N, 4)`` xyxy head boxes, row ``i`` the head of face ``i``.
+
+    Raises:
+        ValueError: no pairs.
+    """
+    if not len(faces):
+        raise ValueError("no (face, head) pairs to fit a face-to-head rule to")
+    w = (faces[:, 2] - faces[:, 0]).clamp(min=1e-6)
+    h = (faces[:, 3] - faces[:, 1]).clamp(min=1e-6)
+    return FaceToHead(width=round(((heads[:, 2] - heads[:, 0]) / w).median().item(), 2),
+                      top=round(((faces[:, 1] - heads[:, 1]) / h).median().item(), 2),
+                      bottom=round(((heads[:, 3] - faces[:, 3]) / h).median().item(), 2))
+
+
 def faces_to_heads(annotations: Sequence[Mapping], rule: FaceToHead, height: int, width: int) -> list[dict]:
     """Copies of COCO face annotations whose box is the head box :func:`face_to_head_box` derives.
 

@@ -14,7 +14,9 @@ from headseg.attributes import (
     attribute_softmax,
     balanced_sample_weights,
     face_to_head_box,
+    fit_face_to_head,
     masked_attribute_loss,
+    match_faces_to_heads,
 )
 
 SCHEMA = AttributeSchema.from_dict({
@@ -152,3 +154,19 @@ def test_face_to_head_box_geometry() -> None:
     assert torch.allclose(head, torch.tensor([[35.0, 35.0, 65.0, 83.0]]))
     clipped = face_to_head_box(torch.tensor([[0.0, 5.0, 20.0, 35.0]]), image_size=(36, 100))
     assert clipped[0, 0] == 0 and clipped[0, 1] == 0 and clipped[0, 3] == 36
+
+
+def test_faces_pair_with_the_smallest_head_holding_them_and_the_rule_fits_back() -> None:
+    rule = FaceToHead(width=1.4, top=0.6, bottom=0.1)
+    faces = torch.tensor([[40.0, 50.0, 60.0, 80.0], [140.0, 20.0, 170.0, 60.0], [300.0, 300.0, 310.0, 310.0]])
+    heads = face_to_head_box(faces[:2], rule)
+    group = torch.tensor([[0.0, 0.0, 200.0, 120.0]])  # holds both faces, but is no one's head
+    heads = torch.cat([group, heads.flip(0)])
+    pairs = match_faces_to_heads(faces, heads)
+    assert sorted(pairs) == [(0, 2), (1, 1)]  # the third face has no head
+    fitted = fit_face_to_head(faces[[0, 1]], heads[[2, 1]])
+    assert (fitted.width, fitted.top, fitted.bottom) == (1.4, 0.6, 0.1)
+    # a head that covers too little of a face is not its head; no pairs, no rule
+    assert match_faces_to_heads(faces[:1], torch.tensor([[40.0, 50.0, 60.0, 60.0]])) == []
+    with pytest.raises(ValueError, match="no .face, head. pairs"):
+        fit_face_to_head(faces[:0], heads[:0])

@@ -72,6 +72,27 @@ def add_score_arg(parser: argparse.ArgumentParser) -> None:
                              "operating point, docs/MODEL_CARD.md; 0.5 with --seg/--cls)")
 
 
+def add_head_rule_arg(parser: argparse.ArgumentParser) -> None:
+    """``--head-rule WIDTH TOP BOTTOM``: the face-to-head geometry, as :func:`head_rule` reads it."""
+    parser.add_argument("--head-rule", type=float, nargs=3, metavar=("WIDTH", "TOP", "BOTTOM"),
+                        help="face boxes grow into head boxes WIDTH face widths wide, TOP face heights "
+                             "above and BOTTOM below the face (default: headseg.attributes.FaceToHead's; "
+                             "tools/fit_face_to_head.py measures one)")
+
+
+def head_rule(args: argparse.Namespace) -> Any:
+    """The ``FaceToHead`` rule :func:`add_head_rule_arg`'s option names, or the default one."""
+    from headseg.attributes import FaceToHead  # noqa: PLC0415
+
+    if args.head_rule is None:
+        return FaceToHead()
+    width, top, bottom = args.head_rule
+    if width <= 0 or top + bottom <= -1:
+        raise ValueError(f"--head-rule {width:g} {top:g} {bottom:g} gives an empty head box; expected "
+                         "WIDTH > 0 and TOP + BOTTOM > -1 (e.g. 1.3 0.45 0.05)")
+    return FaceToHead(width, top, bottom)
+
+
 def tracker_config(args: argparse.Namespace, score_thresh: float) -> Any:
     """``ByteTrackConfig`` from :func:`add_tracker_args`' options; ``score_thresh``: the pipeline's."""
     from headseg.tracking import ByteTrackConfig  # noqa: PLC0415

@@ -40,7 +40,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tqdm import tqdm  # noqa: E402
 
-from headseg.attributes import FaceToHead  # noqa: E402
 from headseg.baselines import HaarFaceDetector  # noqa: E402
 from headseg.config import parse_overrides  # noqa: E402
 from headseg.data import load_coco  # noqa: E402
@@ -54,7 +53,7 @@ from headseg.evaluation import (  # noqa: E402
 from headseg.io import read_image, write_json  # noqa: E402
 from headseg.pipeline import HeadwearPipeline, predict_coco  # noqa: E402
 from headseg.segmentation import evaluate_segmenter, load_segmenter  # noqa: E402
-from tools._cli import run  # noqa: E402
+from tools._cli import add_head_rule_arg, head_rule, run  # noqa: E402
 
 KEYS = ("bbox/AP", "bbox/AP50", "bbox/AP75", "bbox/APs", "op_thresh", "precision", "recall", "f1",
         "f1_best_thresh")
@@ -72,6 +71,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--source", help="schema source the set's categories follow (default: inferred)")
     parser.add_argument("--gt-faces", action="store_true",
                         help="ground-truth boxes are faces: match heads to the head boxes derived from them")
+    add_head_rule_arg(parser)
     parser.add_argument("--op-thresh", nargs="+", default=["0.5"], metavar="[SYSTEM=]T",
                         help="operating-point score threshold, one for all systems or per system "
                              "(two_stage=0.3 single_stage=0.4); pick it on val from the printed "
@@ -113,7 +113,7 @@ def main(args: argparse.Namespace) -> dict[str, float]:
     pipe = HeadwearPipeline.from_checkpoint(args.seg, args.cls, args.device, seg_overrides, score_thresh=0.05)
     schema = pipe.schema
     gt = attribute_ground_truth(coco.dataset, schema, args.source or schema.source_of(coco.class_names),
-                                FaceToHead() if args.gt_faces else None)
+                                head_rule(args) if args.gt_faces else None)
     category_ids = {c["name"]: c["id"] for c in gt["categories"]}
     report: dict[str, float] = {}
     systems = {"two_stage": predict_coco(pipe, coco)}

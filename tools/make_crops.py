@@ -44,12 +44,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from headseg.attributes import FaceToHead  # noqa: E402
 from headseg.config import ClsConfig, load_config  # noqa: E402
 from headseg.crop_sets import make_crop_set  # noqa: E402
 from headseg.data import load_coco  # noqa: E402
 from headseg.segmentation import Segmenter  # noqa: E402
-from tools._cli import run  # noqa: E402
+from tools._cli import add_head_rule_arg, head_rule, run  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -66,6 +65,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="--from pred: keep unmatched heads as class `background`")
     parser.add_argument("--face-to-head", action="store_true",
                         help="boxes are faces: crop (or match) the head box derived from each")
+    add_head_rule_arg(parser)
     parser.add_argument("--config", type=Path, help="classifier YAML whose `crop` section applies")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="overrides of the classifier config, e.g. crop.fill=none crop.padding=0")
@@ -85,7 +85,7 @@ def main(args: argparse.Namespace) -> Path:
     segmenter = Segmenter.load(args.segmenter, args.device) if args.segmenter else None
     index = make_crop_set(coco, args.out, crop, segmenter, args.score_thresh, args.iou_thresh,
                           args.background, args.device, progress=not args.no_progress,
-                          face_to_head=FaceToHead() if args.face_to_head else None)
+                          face_to_head=head_rule(args) if args.face_to_head else None)
     rows = index.read_text().count("\n") - 1
     masked = coco.derived_masks and crop.fill != "none"
     derived = f" (masks derived from boxes: {coco.derived_masks})" if masked else ""
