@@ -255,21 +255,29 @@ def masked_attribute_loss(logits: Mapping[str, torch.Tensor], targets: torch.Ten
         class_weights: Attribute -> ``(V_a,)`` weights, for ``balance: loss``.
 
     Returns:
-        A scalar tensor.
+        A scalar tensor: the sum of :func:`masked_attribute_losses`.
     """
+    return sum(masked_attribute_losses(logits, targets, label_smoothing, class_weights).values(),
+               torch.zeros((), device=targets.device))
+
+
+def masked_attribute_losses(logits: Mapping[str, torch.Tensor], targets: torch.Tensor,
+                            label_smoothing: float = 0.0,
+                            class_weights: Mapping[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """:func:`masked_attribute_loss` attribute by attribute: attribute -> scalar loss (for logging)."""
     if targets.ndim != 2 or targets.shape[1] != len(logits):
         raise ValueError(f"targets of shape {tuple(targets.shape)}; expected (N, {len(logits)}), "
                          f"one column per attribute")
-    total = torch.zeros((), device=targets.device)
+    losses = {}
     for a, (name, out) in enumerate(logits.items()):
         labelled = targets[:, a] != MISSING
         weight = class_weights.get(name) if class_weights else None
         if labelled.any():
-            total = total + F.cross_entropy(out[labelled], targets[labelled, a], weight=weight,
-                                            label_smoothing=label_smoothing)
+            losses[name] = F.cross_entropy(out[labelled], targets[labelled, a], weight=weight,
+                                           label_smoothing=label_smoothing)
         else:
-            total = total + out.sum() * 0.0
-    return total
+            losses[name] = out.sum() * 0.0
+    return losses
 
 
 def balanced_sample_weights(targets: torch.Tensor) -> torch.Tensor:

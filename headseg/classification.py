@@ -40,6 +40,7 @@ from headseg.attributes import (
     attribute_softmax,
     balanced_sample_weights,
     masked_attribute_loss,
+    masked_attribute_losses,
 )
 from headseg.config import ClsConfig, ClsModelConfig, ClsSourceConfig, CropConfig, from_dict, to_dict
 from headseg.crop_sets import AttributeCropDataset, CropIndexDataset, check_crop_rules, crop_rules, read_class_names
@@ -498,8 +499,10 @@ def _validate(model: nn.Module, dataset: AttributeCropDataset, cfg: ClsConfig, d
     schema = dataset.schema
     logit = torch.cat(logits) if logits else torch.empty((0, len(schema.column_names)))
     metrics, matrices = attribute_metrics(dataset.targets, attribute_softmax(logit, schema), schema)
-    loss = masked_attribute_loss(schema.split(logit), dataset.targets)
-    return {"loss/val": float(loss), **{f"val/{k}": v for k, v in metrics.items()}}, matrices
+    losses = masked_attribute_losses(schema.split(logit), dataset.targets)
+    per_attribute = {f"loss/val/{name}": float(v) for name, v in losses.items()} if len(losses) > 1 else {}
+    return {"loss/val": float(sum(losses.values())), **per_attribute,
+            **{f"val/{k}": v for k, v in metrics.items()}}, matrices
 
 
 def _crop_rules_of_training(cfg: ClsConfig, sources: Sequence[ClsSourceConfig]) -> CropConfig:
@@ -589,7 +592,11 @@ def train_classifier(cfg: ClsConfig, out_dir: str | Path, resume: bool = False,
     def compute_losses(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[dict[str, torch.Tensor], int]:
         x, y = batch
         logits = schema.split(model(normalize(x.to(device))))
-        return {"loss": masked_attribute_loss(logits, y.to(device), t.label_smoothing, weights)}, len(y)
+        if len(logits) == 1:
+            return {"loss": masked_attribute_loss(logits, y.to(device), t.label_smoothing, weights)}, len(y)
+        # one loss per attribute, logged as loss/<attribute> beside their sum
+        losses = masked_attribute_losses(logits, y.to(device), t.label_smoothing, weights)
+        return {f"loss_{name}": loss for name, loss in losses.items()}, len(y)
 
     start = checkpointer.start_epoch
     phase, optimizer, last_metrics, epoch = None, None, {}, start - 1
@@ -609,7 +616,8 @@ def train_classifier(cfg: ClsConfig, out_dir: str | Path, resume: bool = False,
                                 desc=f"epoch {epoch + 1}/{t.epochs} ({phase})", log_every=1, progress=progress)
         row = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"], "frozen": float(phase == "frozen"),
                "epoch_seconds": stats["seconds"],
-               "crops_per_second": stats["samples"] / max(stats["seconds"], 1e-9), "loss": stats["loss"]}
+               "crops_per_second": stats["samples"] / max(stats["seconds"], 1e-9), "loss": stats["loss"],
+               **{k: v for k, v in stats.items() if k.startswith("loss/")}}
         matrices: dict[str, Any] = {}
         if val_set is not None:
             last_metrics, matrices = _validate(model, val_set, cfg, device, progress)

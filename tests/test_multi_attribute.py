@@ -126,6 +126,10 @@ def test_two_crop_sets_train_and_evaluate_per_attribute(trained: Path, data: dic
     per_attribute = [float(row["val/headwear/macro_f1"]), float(row["val/face_mask/macro_f1"])]
     assert float(row["val/macro_f1"]) == pytest.approx(np.mean(per_attribute))  # what picks best.pt
     assert {"val/headwear/f1/helmet", "val/face_mask/recall/incorrect"} <= set(row)
+    # each attribute's loss is logged, train and val, and they add up to the total
+    for split in ("loss", "loss/val"):
+        parts = [float(row[f"{split}/{a}"]) for a in ("headwear", "face_mask")]
+        assert float(row[split]) == pytest.approx(sum(parts), rel=1e-4)
 
     state = load_checkpoint(trained / "best.pt", "classifier")
     assert state["version"] == 3 and state["schema"] == AttributeSchema.from_dict(SCHEMA).to_dict()
