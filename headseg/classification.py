@@ -562,11 +562,11 @@ def train_classifier(cfg: ClsConfig, out_dir: str | Path, resume: bool = False,
     device = torch.device(device) if device else default_device()
     t = cfg.train
     seed_everything(t.seed)
-    train_set = AttributeCropDataset({s.name: s.train_index for s in sources}, schema,
+    train_set = AttributeCropDataset([(s.name, s.train_index) for s in sources], schema,
                                      crop_transforms(cfg.crop, t.augment))
     if len(train_set) == 0:
         raise ValueError(f"{[s.train_index for s in sources]} list no crops; nothing to train on")
-    val_indexes = {s.name: s.val_index for s in sources if s.val_index}
+    val_indexes = [(s.name, s.val_index) for s in sources if s.val_index]
     val_set = AttributeCropDataset(val_indexes, schema, crop_transforms(cfg.crop, False)) if val_indexes else None
     log.info("attributes %s; train crops per value %s", schema.attributes, train_set.value_counts())
 

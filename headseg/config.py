@@ -112,7 +112,11 @@ class CropConfig:
 
 @dataclass(frozen=True)
 class ClsSourceConfig:
-    """One crop set of a multi-attribute run; ``schema.sources[name]`` says what its labels mean."""
+    """One crop set of a multi-attribute run; ``schema.sources[name]`` says what its labels mean.
+
+    A source may appear more than once, e.g. its ground-truth crops and the crops cut from a
+    segmenter's predictions (``make_crops.py --from pred``), each entry with its own indexes.
+    """
 
     name: str = ""  # a source of the schema, e.g. `hhw`
     train_index: str = ""  # crop index CSV written by tools/make_crops.py

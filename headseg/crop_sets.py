@@ -20,7 +20,7 @@ import io
 import json
 import logging
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -276,7 +276,9 @@ class AttributeCropDataset(torch.utils.data.Dataset):
     source=...)``.
 
     Args:
-        indexes: Source name -> its ``index.csv`` (written by ``tools/make_crops.py``).
+        indexes: Source name -> its ``index.csv`` (written by ``tools/make_crops.py``), or
+            ``(source name, index.csv)`` pairs, so that one source can bring several crop sets
+            (its ground-truth crops and those cut from a segmenter's predictions).
         schema: Attributes and each source's category mapping.
         transform: As for :class:`CropIndexDataset`.
 
@@ -285,11 +287,13 @@ class AttributeCropDataset(torch.utils.data.Dataset):
         ValueError: an index holds a label its source does not map (the index is named).
     """
 
-    def __init__(self, indexes: dict[str, str | Path], schema: AttributeSchema, transform: Any = None) -> None:
+    def __init__(self, indexes: Mapping[str, str | Path] | Sequence[tuple[str, str | Path]],
+                 schema: AttributeSchema, transform: Any = None) -> None:
         self.schema = schema
-        self.sets = {name: CropIndexDataset(path, None, transform) for name, path in indexes.items()}
+        pairs = list(indexes.items()) if isinstance(indexes, Mapping) else list(indexes)
+        self.sets = [(name, CropIndexDataset(path, None, transform)) for name, path in pairs]
         targets, self.sources, self._where = [], [], []
-        for name, ds in self.sets.items():
+        for name, ds in self.sets:
             lookup = {}
             for label in sorted({r["label"] for r in ds.rows}):
                 try:

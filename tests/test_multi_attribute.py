@@ -18,6 +18,7 @@ from headseg import Head, HeadwearPipeline, ImageResult
 from headseg.attributes import AttributePrediction, AttributeSchema, FaceToHead, faces_to_heads
 from headseg.classification import Classifier, classifier_checkpoint, normalize, predict_probs
 from headseg.config import ClsConfig, SegConfig, load_config
+from headseg.crop_sets import AttributeCropDataset
 from headseg.engine import load_checkpoint, save_checkpoint
 from headseg.evaluation import attribute_end_to_end, attribute_ground_truth
 from headseg.pipeline import ASSETS, DrawnHead, draw_heads, head_lines, label_size, place_labels
@@ -113,6 +114,18 @@ def test_face_boxes_become_head_boxes_before_cropping(data: dict) -> None:
     (head,) = faces_to_heads([ann], FaceToHead(), 100, 100)
     assert head["bbox"] == pytest.approx([37.0, 36.5, 26.0, 45.0]) and "segmentation" not in head
     assert head["area"] == pytest.approx(26 * 45) and ann["bbox"] == [40, 50, 20, 30]  # input kept
+
+
+def test_a_source_may_bring_several_crop_sets(data: dict) -> None:
+    """Ground-truth and prediction crops of one source: listed twice, both kept (not one dropped)."""
+    schema = AttributeSchema.from_dict(SCHEMA)
+    train, val = data["faces"]["crops_train"], data["faces"]["crops_val"]
+    one = AttributeCropDataset({"faces": train}, schema)
+    both = AttributeCropDataset([("faces", train), ("faces", val), ("hats", data["hats"]["crops_val"])], schema)
+    sizes = [len(AttributeCropDataset({n: i}, schema)) for n, i in (("faces", val), ("hats", data["hats"]["crops_val"]))]
+    assert len(both) == len(one) + sum(sizes) and both.sources.count("faces") == len(one) + sizes[0]
+    assert torch.equal(both.targets[:len(one)], one.targets)
+    assert (both.targets[:len(one) + sizes[0], 0] == -1).all()  # faces label no headwear
 
 
 # ----------------------------------------------------------------------------- training and eval
