@@ -187,9 +187,9 @@ class ClsConfig:
                              "entry of data.sources instead")
         names = [s.name for s in sources]
         unknown = [n for n in names if n not in self.schema.sources]
-        if unknown or len(set(names)) != len(names):
-            raise ValueError(f"data.sources names {names}; expected distinct names among the schema's "
-                             f"sources {sorted(self.schema.sources)}")
+        if unknown:  # a name may repeat: one source's ground-truth and prediction crop sets
+            raise ValueError(f"data.sources names {unknown} are not among the schema's sources "
+                             f"{sorted(self.schema.sources)}")
 
 
 # ----------------------------------------------------------------------------- loading

@@ -101,6 +101,8 @@ def test_example_config_and_config_errors() -> None:
         load_config(ClsConfig, ROOT / "configs" / "cls_multi.yaml", ["data.train_index=x.csv"])
     with pytest.raises(ValueError, match="among the schema's sources"):
         load_config(ClsConfig, ROOT / "configs" / "cls_multi.yaml", ["data.sources=[{name: hardhat}]"])
+    twice = "data.sources=[{name: hhw, train_index: a}, {name: hhw, train_index: b}]"  # gt and pred crops
+    assert [s.train_index for s in load_config(ClsConfig, ROOT / "configs" / "cls_multi.yaml", [twice]).data.sources] == ["a", "b"]
 
 
 # ----------------------------------------------------------------------------- crops
