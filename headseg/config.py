@@ -156,7 +156,7 @@ class ClsTrainConfig:
     batch_size: int = 32  # 430 hardhat crops give 14 steps an epoch (7 at batch 64)
     augment: bool = True  # flip, affine (shift/scale/rotate/shear), colour jitter, erasing
     seed: int = 0
-    max_iters: int = 0  # steps per epoch cap (0: whole epoch); for smoke runs
+    max_iters: int = 0  # steps per epoch cap (0: whole epoch): smoke runs, or epochs of set length
 
 
 @dataclass(frozen=True)

@@ -91,7 +91,7 @@ def seg_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_example_config_and_config_errors() -> None:
     cfg = load_config(ClsConfig, ROOT / "configs" / "cls_multi.yaml")
     assert cfg.schema.names == ["headwear", "face_mask"]
-    assert [s.name for s in cfg.data.sources] == ["hhw", "facemask"]
+    assert [s.name for s in cfg.data.sources] == ["hhw", "facemask", "facemask"]  # facemask: gt + pred crops
     assert cfg.schema.targets("facemask", "mask_weared_incorrect") == [-1, 2]  # prepare_facemask's names
     assert cfg.schema.targets("hhw", "head") == [1, -1]  # prepare_hhw's names
     assert load_config(ClsConfig, ROOT / "configs" / "cls_facemask.yaml").schema is None
@@ -102,7 +102,8 @@ def test_example_config_and_config_errors() -> None:
     with pytest.raises(ValueError, match="among the schema's sources"):
         load_config(ClsConfig, ROOT / "configs" / "cls_multi.yaml", ["data.sources=[{name: hardhat}]"])
     twice = "data.sources=[{name: hhw, train_index: a}, {name: hhw, train_index: b}]"  # gt and pred crops
-    assert [s.train_index for s in load_config(ClsConfig, ROOT / "configs" / "cls_multi.yaml", [twice]).data.sources] == ["a", "b"]
+    sources = load_config(ClsConfig, ROOT / "configs" / "cls_multi.yaml", [twice]).data.sources
+    assert [s.train_index for s in sources] == ["a", "b"]
 
 
 # ----------------------------------------------------------------------------- crops
@@ -110,12 +111,13 @@ def test_example_config_and_config_errors() -> None:
 
 def test_face_boxes_become_head_boxes_before_cropping(data: dict) -> None:
     meta = json.loads((data["faces"]["crops_train"].parent / "crops.json").read_text())
-    assert meta["face_to_head"] == {"width": 1.3, "top": 0.45, "bottom": 0.05}
+    assert meta["face_to_head"] == {"width": 1.56, "top": 0.65, "bottom": 0.2}
     assert json.loads((data["hats"]["crops_train"].parent / "crops.json").read_text())["face_to_head"] is None
     ann = {"id": 1, "bbox": [40, 50, 20, 30], "category_id": 1, "segmentation": [[0, 0, 1, 1, 1, 0]]}
     (head,) = faces_to_heads([ann], FaceToHead(), 100, 100)
-    assert head["bbox"] == pytest.approx([37.0, 36.5, 26.0, 45.0]) and "segmentation" not in head
-    assert head["area"] == pytest.approx(26 * 45) and ann["bbox"] == [40, 50, 20, 30]  # input kept
+    # 1.56 face widths centred on the face, 0.65 face heights above it and 0.2 below
+    assert head["bbox"] == pytest.approx([34.4, 30.5, 31.2, 55.5]) and "segmentation" not in head
+    assert head["area"] == pytest.approx(31.2 * 55.5) and ann["bbox"] == [40, 50, 20, 30]  # input kept
 
 
 def test_a_source_may_bring_several_crop_sets(data: dict) -> None:
@@ -124,7 +126,8 @@ def test_a_source_may_bring_several_crop_sets(data: dict) -> None:
     train, val = data["faces"]["crops_train"], data["faces"]["crops_val"]
     one = AttributeCropDataset({"faces": train}, schema)
     both = AttributeCropDataset([("faces", train), ("faces", val), ("hats", data["hats"]["crops_val"])], schema)
-    sizes = [len(AttributeCropDataset({n: i}, schema)) for n, i in (("faces", val), ("hats", data["hats"]["crops_val"]))]
+    sizes = [len(AttributeCropDataset({n: i}, schema))
+             for n, i in (("faces", val), ("hats", data["hats"]["crops_val"]))]
     assert len(both) == len(one) + sum(sizes) and both.sources.count("faces") == len(one) + sizes[0]
     assert torch.equal(both.targets[:len(one)], one.targets)
     assert (both.targets[:len(one) + sizes[0], 0] == -1).all()  # faces label no headwear

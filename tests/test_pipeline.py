@@ -263,41 +263,53 @@ def test_large_images_are_shrunk_and_mapped_back(checkpoints: tuple[Path, Path])
 
 
 def test_bundled_default_finds_heads_in_a_sample_photo() -> None:
-    from headseg.pipeline import ASSETS
+    from headseg.pipeline import ASSETS, PRETRAINED
 
-    sizes = [(ASSETS / name).stat().st_size for name in ("segmenter.pt", "classifier.pt")]
-    assert sum(sizes) < 30 * 2**20  # the wheel stays small
+    files = {name for pair in PRETRAINED.values() for name in pair}
+    assert files == {p.name for p in ASSETS.glob("*.pt")}  # nothing bundled that no model uses
+    assert sum((ASSETS / name).stat().st_size for name in files) < 30 * 2**20  # the wheel stays small
     pipe = HeadwearPipeline.from_pretrained(device="cpu")
-    assert pipe.class_names == ["with_mask", "without_mask", "mask_weared_incorrect"]
+    assert dict(pipe.schema.attributes) == {"headwear": ("helmet", "none"),
+                                            "face_mask": ("with_mask", "without_mask", "incorrect")}
     root = Path(__file__).resolve().parents[1]
     result = pipe(root / "docs" / "samples" / "maksssksksss134.jpg")
     assert len(result) >= 1
-    assert all(h.score >= 0.5 and h.label in pipe.class_names for h in result.heads)
+    for head in result.heads:
+        assert head.score >= pipe.score_thresh
+        assert set(head.attributes) == {"headwear", "face_mask"}
+        assert all(p.value in pipe.schema.attributes[name] for name, p in head.attributes.items())
 
 
 HHW_TEST = Path(__file__).resolve().parents[2] / "shared" / "data" / "hhw" / "test"
 
 
-def test_bundled_hard_hat_model_by_name_and_unknown_names() -> None:
+def test_bundled_models_by_name_and_unknown_names() -> None:
     from headseg.pipeline import OPERATING_THRESH
 
+    pipe = HeadwearPipeline.from_pretrained(device="cpu", model="facemask")
+    assert pipe.class_names == ["with_mask", "without_mask", "mask_weared_incorrect"]
+    assert pipe.score_thresh == OPERATING_THRESH["facemask"]
+    # "hhw", the hard-hat model's former name, is the default now
     pipe = HeadwearPipeline.from_pretrained(device="cpu", model="hhw")
-    assert pipe.class_names == ["helmet", "head"]
+    assert list(pipe.schema.attributes) == ["headwear", "face_mask"]
     assert pipe.score_thresh == OPERATING_THRESH["hhw"]  # its operating point, unless asked otherwise
-    assert HeadwearPipeline.from_pretrained(device="cpu", model="hhw", score_thresh=None).score_thresh == OPERATING_THRESH["hhw"]
+    default = HeadwearPipeline.from_pretrained(device="cpu", model="hhw", score_thresh=None).score_thresh
+    assert default == OPERATING_THRESH["hhw"]
     assert HeadwearPipeline.from_pretrained(device="cpu", model="hhw", score_thresh=0.9).score_thresh == 0.9
-    with pytest.raises(ValueError, match="no bundled model 'cpu'.*facemask.*hhw"):
+    with pytest.raises(ValueError, match="no bundled model 'cpu'.*default.*facemask.*hhw"):
         HeadwearPipeline.from_pretrained(model="cpu")
     with pytest.raises(ValueError, match="is a bundled model, not a device"):
         HeadwearPipeline.from_pretrained("hhw")
     if not HHW_TEST.is_dir():
         pytest.skip("../shared/data/hhw is absent: the model loaded, photos not checked")
-    # The first test photo with three or more annotated heads: the model finds at least one.
+    # The first test photo with three or more annotated heads: the model finds at least one,
+    # and says helmet or none for each.
     labels = sorted((HHW_TEST / "labels").glob("*.txt"))
     label = next(p for p in labels if len(p.read_text().split()) >= 3 * 5)  # 5 numbers a box
     result = pipe(HHW_TEST / "images" / f"{label.stem}.jpg")
     assert len(result) >= 1
-    assert all(h.label in pipe.class_names and h.score >= 0.5 for h in result.heads)
+    assert all(h.attributes["headwear"].value in ("helmet", "none") and h.score >= pipe.score_thresh
+               for h in result.heads)
 
 
 def test_benchmark_tool_times_all_systems_and_writes_json(checkpoints: tuple[Path, Path],
@@ -456,8 +468,8 @@ def test_label_colours_are_distinct_per_class() -> None:
 def test_bundled_checkpoints_load_weights_only() -> None:
     from headseg.pipeline import ASSETS
 
-    for name in ("segmenter.pt", "classifier.pt"):
-        state = torch.load(ASSETS / name, map_location="cpu", weights_only=True)
+    for path in sorted(ASSETS.glob("*.pt")):
+        state = torch.load(path, map_location="cpu", weights_only=True)
         assert state["kind"].startswith("headseg-")
 
 

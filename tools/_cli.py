@@ -89,7 +89,7 @@ def head_rule(args: argparse.Namespace) -> Any:
     width, top, bottom = args.head_rule
     if width <= 0 or top + bottom <= -1:
         raise ValueError(f"--head-rule {width:g} {top:g} {bottom:g} gives an empty head box; expected "
-                         "WIDTH > 0 and TOP + BOTTOM > -1 (e.g. 1.3 0.45 0.05)")
+                         "WIDTH > 0 and TOP + BOTTOM > -1 (e.g. 1.56 0.65 0.2)")
     return FaceToHead(width, top, bottom)
 
 

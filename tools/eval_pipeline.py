@@ -10,8 +10,8 @@ a multi-attribute one maps the set's categories through its schema source (infer
 category names, or --source), keys ``{attribute}/bbox/AP50/{value}``.
 
 Face boxes (facemask): with --gt-faces every ground-truth face box is replaced by the head box
-``headseg.attributes.face_to_head_box`` derives from it (default ``FaceToHead`` rule: 1.3 face
-widths wide, 0.45 face heights above the face, 0.05 below, clipped to the image), and predicted
+``headseg.attributes.face_to_head_box`` derives from it (default ``FaceToHead`` rule: 1.56 face
+widths wide, 0.65 face heights above the face, 0.2 below, clipped to the image), and predicted
 heads match those at box IoU 0.5 (COCO's rule). The derived box is an approximation: turned or
 tilted faces and tall hats fit it worst (docs/RESULTS.md).
 

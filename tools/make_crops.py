@@ -14,8 +14,9 @@ category of the ground-truth head it overlaps best if that box IoU is >= ``--iou
 others are dropped or, with ``--background``, kept as class ``background``.
 
 ``--face-to-head``: the boxes are faces (facemask). Each is first grown into a head box by
-``headseg.attributes.face_to_head_box`` (1.3 face widths wide, 0.45 face heights above the face,
-0.05 below, clipped to the image; ``crops.json`` records the rule), and the head box is cut (with
+``headseg.attributes.face_to_head_box`` (1.56 face widths wide, 0.65 face heights above the face,
+0.2 below, clipped to the image: the rule measured on facemask val, ``--head-rule`` for another;
+``crops.json`` records the rule), and the head box is cut (with
 a mask derived from it) or matched against the segmenter's heads, so the crops are framed like
 the pipeline's head crops. The rule approximates a frontal head; turned faces and tall hats fit
 it worst.
