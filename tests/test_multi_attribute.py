@@ -91,7 +91,7 @@ def seg_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_example_config_and_config_errors() -> None:
     cfg = load_config(ClsConfig, ROOT / "configs" / "cls_multi.yaml")
     assert cfg.schema.names == ["headwear", "face_mask"]
-    assert [s.name for s in cfg.data.sources] == ["hhw", "facemask", "facemask"]  # facemask: gt + pred crops
+    assert [s.name for s in cfg.data.sources] == ["hhw", "facemask", "facemask", "street"]  # facemask: gt + pred
     assert cfg.schema.targets("facemask", "mask_weared_incorrect") == [-1, 2]  # prepare_facemask's names
     assert cfg.schema.targets("hhw", "head") == [1, -1]  # prepare_hhw's names
     assert load_config(ClsConfig, ROOT / "configs" / "cls_facemask.yaml").schema is None

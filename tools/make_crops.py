@@ -21,6 +21,11 @@ a mask derived from it) or matched against the segmenter's heads, so the crops a
 the pipeline's head crops. The rule approximates a frontal head; turned faces and tall hats fit
 it worst.
 
+``--label NAME``: every crop is labelled NAME instead of its category. For weak labels: a set
+silent on an attribute whose value is nonetheless known for all of it (Face Mask Detection's
+street photos show no hard hats: ``--label no_hard_hat``, mapped to ``headwear/none`` in the
+classifier's schema, configs/cls_multi.yaml).
+
 Default recipe (headseg/config.py ``CropConfig``, what configs/cls_default.yaml uses): square of
 the box's longer side plus 15 % padding each side, grey 114 outside the mask, 96 px. The
 classifier trains with the rules recorded in the crop set's ``crops.json``.
@@ -34,11 +39,14 @@ Examples:
         --from pred --segmenter runs/seg_hardhat/best.pt --score-thresh 0.5 --background
     python tools/make_crops.py --coco work_data/facemask/train.json \\
         --out work_data/crops_facemask_head/train --face-to-head
+    python tools/make_crops.py --coco work_data/facemask/train.json \\
+        --out work_data/crops_street/train --face-to-head --label no_hard_hat
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 from pathlib import Path
@@ -47,7 +55,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from headseg.config import ClsConfig, load_config  # noqa: E402
 from headseg.crop_sets import make_crop_set  # noqa: E402
-from headseg.data import load_coco  # noqa: E402
+from headseg.data import CocoHeads, load_coco  # noqa: E402
 from headseg.segmentation import Segmenter  # noqa: E402
 from tools._cli import add_head_rule_arg, head_rule, run  # noqa: E402
 
@@ -67,6 +75,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--face-to-head", action="store_true",
                         help="boxes are faces: crop (or match) the head box derived from each")
     add_head_rule_arg(parser)
+    parser.add_argument("--label", help="every crop gets this label, not its category: weak labels for an "
+                                        "attribute the set does not label but whose value is known, e.g. "
+                                        "--label no_hard_hat on street photos (map it in the schema)")
     parser.add_argument("--config", type=Path, help="classifier YAML whose `crop` section applies")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="overrides of the classifier config, e.g. crop.fill=none crop.padding=0")
@@ -76,6 +87,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def relabel(coco: CocoHeads, label: str) -> CocoHeads:
+    """``coco`` with one category, ``label``, for every annotation (``--label``)."""
+    annotations = {i: [{**a, "category_id": 1} for a in anns] for i, anns in coco.annotations.items()}
+    dataset = {**coco.dataset, "categories": [{"id": 1, "name": label}],
+               "annotations": [a for anns in annotations.values() for a in anns]}
+    return dataclasses.replace(coco, dataset=dataset, annotations=annotations, categories={1: label})
+
+
 def main(args: argparse.Namespace) -> Path:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     crop = load_config(ClsConfig, args.config, args.set).crop
@@ -83,6 +102,8 @@ def main(args: argparse.Namespace) -> Path:
         raise ValueError(f"--from {args.source} with --segmenter {args.segmenter}; --from pred needs "
                          "--segmenter best.pt, --from gt takes none")
     coco = load_coco(args.coco, args.image_root)
+    if args.label:
+        coco = relabel(coco, args.label)
     segmenter = Segmenter.load(args.segmenter, args.device) if args.segmenter else None
     index = make_crop_set(coco, args.out, crop, segmenter, args.score_thresh, args.iou_thresh,
                           args.background, args.device, progress=not args.no_progress,
