@@ -120,6 +120,21 @@ def test_face_boxes_become_head_boxes_before_cropping(data: dict) -> None:
     assert head["area"] == pytest.approx(31.2 * 55.5) and ann["bbox"] == [40, 50, 20, 30]  # input kept
 
 
+def test_weak_labels_give_every_crop_one_label(data: dict, tmp_path: Path) -> None:
+    """--label: a set silent on an attribute whose value is known (street photos: no hard hat)."""
+    index = make_crops.main(make_crops.parse_args(
+        ["--coco", str(data["faces"]["val"]), "--out", str(tmp_path / "weak"), "--no-progress", "--face-to-head",
+         "--label", "no_hard_hat", "--set", "crop.size=32"]))
+    rows = list(csv.DictReader(index.open()))
+    plain = list(csv.DictReader(Path(data["faces"]["crops_val"]).open()))
+    assert [r["crop"] for r in rows] == [r["crop"] for r in plain] and {r["label"] for r in rows} == {"no_hard_hat"}
+    assert (index.parent / "classes.txt").read_text().split() == ["no_hard_hat"]
+    schema = AttributeSchema.from_dict({**SCHEMA, "sources": {**SCHEMA["sources"],
+                                                              "street": {"no_hard_hat": "headwear/none"}}})
+    weak = AttributeCropDataset([("street", index)], schema)
+    assert weak.targets.tolist() == [[1, -1]] * len(rows)  # headwear none, face_mask unlabelled
+
+
 def test_a_source_may_bring_several_crop_sets(data: dict) -> None:
     """Ground-truth and prediction crops of one source: listed twice, both kept (not one dropped)."""
     schema = AttributeSchema.from_dict(SCHEMA)
