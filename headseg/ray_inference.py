@@ -85,9 +85,17 @@ def iter_records(out: str | Path) -> Iterator[dict[str, Any]]:
                     yield record
 
 
+def _columns(head: dict[str, Any]) -> list[str]:
+    """A JSON head's classifier columns, as ``Head.columns()`` (and the summary's counts) has them."""
+    attributes = head.get("attributes") or {"label": {"value": head["label"]}}  # records before attributes
+    if len(attributes) == 1:
+        return [p["value"] for p in attributes.values()]
+    return [f"{a}/{p['value']}" for a, p in attributes.items()]
+
+
 def _done(out: Path) -> dict[str, list[str]]:
-    """Input path -> its heads' labels, for every input with a record in ``out``."""
-    return {r["source"]: [h["label"] for h in r["heads"]] for r in iter_records(out)}
+    """Input path -> its heads' columns (labels, or ``attribute/value``), for every input with a record in ``out``."""
+    return {r["source"]: [c for h in r["heads"] for c in _columns(h)] for r in iter_records(out)}
 
 
 class HeadwearPredictor:
@@ -111,6 +119,8 @@ class HeadwearPredictor:
 
         torch.set_num_threads(max(1, threads))
         if seg and cls:
+            if pipeline_kwargs.get("score_thresh") is None:  # checkpoints keep COCO evaluation's 0.05
+                pipeline_kwargs["score_thresh"] = 0.5
             self.pipe = HeadwearPipeline.from_checkpoint(seg, cls, device, **pipeline_kwargs)
         else:
             self.pipe = HeadwearPipeline.from_pretrained(device, model=model or DEFAULT_MODEL, **pipeline_kwargs)
@@ -184,7 +194,7 @@ def _crash_once() -> None:
 
 def predict_with_ray(inputs: Sequence[str | Path] | Any, out: str | Path, *,
                      seg: str | Path | None = None, cls: str | Path | None = None,
-                     model: str | None = None, score_thresh: float = 0.5, batch_size: int = 4,
+                     model: str | None = None, score_thresh: float | None = None, batch_size: int = 4,
                      rows_per_batch: int = 16,
                      concurrency: int | None = None, cpus_per_actor: float = 1.0,
                      gpus_per_actor: float | None = None, max_restarts: int = 3,
@@ -203,7 +213,9 @@ def predict_with_ray(inputs: Sequence[str | Path] | Any, out: str | Path, *,
         seg, cls: Checkpoints of the two stages; both None for the bundled ``model``.
         model: Bundled model name (``headseg.pipeline.PRETRAINED``; None: the default), when
             seg and cls are None.
-        score_thresh: Heads below this segmentation score are dropped.
+        score_thresh: Heads below this segmentation score are dropped (None: the bundled model's
+            operating point, ``headseg.pipeline.OPERATING_THRESH``; 0.5 with ``seg``/``cls``), as
+            ``tools/predict.py`` does.
         batch_size: Images per segmenter forward pass (same-size images only).
         rows_per_batch: Inputs per ``map_batches`` batch, hence per records file.
         concurrency: Actors (default: as many as the cluster's GPUs or CPUs can hold).

@@ -159,3 +159,14 @@ def test_bad_arguments_say_what_to_do(tmp_path: Path) -> None:
         predict_with_ray(ray.data.from_items([{"file": "x.jpg"}]), tmp_path / "out")
     with pytest.raises(ValueError, match="has no GPU"):
         predict_with_ray([str(tmp_path)], tmp_path / "out", gpus_per_actor=0.5)
+
+
+def test_done_records_count_as_the_summary_does() -> None:
+    """A rerun's counts of earlier records: per attribute value, and plain labels for old records."""
+    from headseg.ray_inference import _columns
+
+    multi = {"label": "helmet, with_mask", "attributes": {"headwear": {"value": "helmet"},
+                                                          "face_mask": {"value": "with_mask"}}}
+    assert _columns(multi) == ["headwear/helmet", "face_mask/with_mask"]
+    assert _columns({"label": "with_mask", "attributes": {"label": {"value": "with_mask"}}}) == ["with_mask"]
+    assert _columns({"label": "with_mask"}) == ["with_mask"]  # written before attributes existed

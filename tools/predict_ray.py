@@ -23,7 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from headseg.ray_inference import import_ray, predict_with_ray  # noqa: E402
-from tools._cli import add_model_args, run  # noqa: E402
+from tools._cli import add_model_args, add_score_arg, run  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -32,7 +32,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("inputs", nargs="+", help="image files, folders or globs")
     parser.add_argument("--out", type=Path, required=True, help="output folder (shared by every node)")
     add_model_args(parser)
-    parser.add_argument("--score-thresh", type=float, default=0.5)
+    add_score_arg(parser)
     parser.add_argument("--batch-size", type=int, default=4, help="images per segmenter forward pass")
     parser.add_argument("--rows-per-batch", type=int, default=16, help="inputs per actor call and records file")
     parser.add_argument("--address", help="Ray cluster to join, e.g. ray://head:10001 or auto "
