@@ -56,6 +56,9 @@ DEFAULT_MODEL = "default"
 # (docs/RESULTS.md): the default's maximises the mean end-to-end F1 of its two attributes on hhw
 # val (headwear) and facemask val (face_mask); facemask's is the long-standing 0.5.
 OPERATING_THRESH = {"default": 0.95, "hhw": 0.95, "facemask": 0.5}
+# A trained pair's default score threshold where none is asked for (its checkpoints keep COCO
+# evaluation's 0.05, far too low to show).
+CHECKPOINT_THRESH = 0.5
 
 
 @dataclass(frozen=True, eq=False)
@@ -705,6 +708,19 @@ def _fold_batchnorm(model: nn.Module) -> nn.Module:
     except Exception as error:  # fx raises many types for untraceable code; all mean "keep it"
         log.info("classifier kept unfused (%s: %s)", type(error).__name__, error)
         return model
+
+
+def load_pipeline(seg: str | Path | None, cls: str | Path | None, model: str | None = None,
+                  device: str | torch.device | None = None, **kwargs: Any) -> HeadwearPipeline:
+    """Trained checkpoints (``seg`` and ``cls``) or, without them, the bundled ``model``, as the
+    command lines and the Ray actors load a pipeline. ``score_thresh=None`` means the bundled
+    model's operating point (:data:`OPERATING_THRESH`) or :data:`CHECKPOINT_THRESH` for checkpoints.
+    """
+    if seg and cls:
+        if "score_thresh" in kwargs and kwargs["score_thresh"] is None:
+            kwargs["score_thresh"] = CHECKPOINT_THRESH
+        return HeadwearPipeline.from_checkpoint(seg, cls, device, **kwargs)
+    return HeadwearPipeline.from_pretrained(device, model=model or DEFAULT_MODEL, **kwargs)
 
 
 def predict_coco(pipe: HeadwearPipeline, coco: CocoHeads, progress: bool = True) -> dict[int, ImageResult]:

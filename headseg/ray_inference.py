@@ -115,15 +115,10 @@ class HeadwearPredictor:
                  **pipeline_kwargs: Any) -> None:
         import torch  # noqa: PLC0415
 
-        from headseg.pipeline import DEFAULT_MODEL, HeadwearPipeline  # noqa: PLC0415
+        from headseg.pipeline import load_pipeline  # noqa: PLC0415
 
         torch.set_num_threads(max(1, threads))
-        if seg and cls:
-            if pipeline_kwargs.get("score_thresh") is None:  # checkpoints keep COCO evaluation's 0.05
-                pipeline_kwargs["score_thresh"] = 0.5
-            self.pipe = HeadwearPipeline.from_checkpoint(seg, cls, device, **pipeline_kwargs)
-        else:
-            self.pipe = HeadwearPipeline.from_pretrained(device, model=model or DEFAULT_MODEL, **pipeline_kwargs)
+        self.pipe = load_pipeline(seg, cls, model, device, **pipeline_kwargs)
         self.records = Path(out) / RECORDS
         self.decoder = ThreadPoolExecutor(max_workers=2)  # decoding releases the GIL
 

@@ -34,16 +34,12 @@ def run(main: Callable[[argparse.Namespace], Any], args: argparse.Namespace) -> 
 
 def load_pipeline(args: argparse.Namespace, **kwargs: Any) -> Any:
     """``HeadwearPipeline`` from ``--seg``/``--cls`` (both, or neither: the bundled ``--model``) and ``--device``."""
-    from headseg.pipeline import HeadwearPipeline  # noqa: PLC0415
+    from headseg.pipeline import load_pipeline as load  # noqa: PLC0415
 
-    if args.seg or args.cls:
-        if not (args.seg and args.cls):
-            raise ValueError("got only one of --seg and --cls; give both checkpoints, or neither "
-                             "for the bundled model")
-        if kwargs.get("score_thresh", 0.5) is None:  # checkpoints keep COCO evaluation's 0.05
-            kwargs["score_thresh"] = 0.5
-        return HeadwearPipeline.from_checkpoint(args.seg, args.cls, args.device, **kwargs)
-    return HeadwearPipeline.from_pretrained(args.device, model=args.model, **kwargs)
+    if bool(args.seg) != bool(args.cls):
+        raise ValueError("got only one of --seg and --cls; give both checkpoints, or neither "
+                         "for the bundled model")
+    return load(args.seg, args.cls, args.model, args.device, **kwargs)
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:
