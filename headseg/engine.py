@@ -279,7 +279,8 @@ def train_one_epoch(model: nn.Module, loader: Iterable[Any], optimizer: torch.op
                     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
                     scaler: torch.amp.GradScaler | None = None, autocast: dict[str, Any] | None = None,
                     clip_grad_norm: float = 0.0, last_good: Path | None = None, hint: str = "Lower train.lr",
-                    desc: str = "", log_every: int = 20, progress: bool = True) -> dict[str, float]:
+                    desc: str = "", log_every: int = 20, progress: bool = True,
+                    log_seconds: float = 60.0) -> dict[str, float]:
     """Train ``model`` for one epoch of at most ``steps`` batches.
 
     Args:
@@ -296,6 +297,10 @@ def train_one_epoch(model: nn.Module, loader: Iterable[Any], optimizer: torch.op
         clip_grad_norm: Clip the gradient norm to this (0: no clipping).
         last_good: The last checkpoint written, named in the non-finite-loss message.
         hint: What to change when the loss stops being finite.
+        desc, log_every, progress: The progress bar's title, its loss refresh (steps), and
+            whether to show it at all.
+        log_seconds: Without a progress bar (logs to a file under ``nohup``), a log line at most
+            this often with the step, mean loss, lr and samples/s, so a long epoch is never silent.
 
     Returns:
         Epoch means ``loss`` and ``loss/x``, plus ``steps``, ``samples`` and ``seconds``.
@@ -307,6 +312,7 @@ def train_one_epoch(model: nn.Module, loader: Iterable[Any], optimizer: torch.op
     params = [p for group in optimizer.param_groups for p in group["params"]]
     sums: dict[str, float] = {}
     done, samples, t0 = 0, 0, time.time()
+    last_log = t0
     bar = tqdm(loader, total=steps, desc=desc or f"epoch {epoch + 1}/{epochs}",
                disable=not (progress and distributed.is_main))
     for step, batch in enumerate(bar):
@@ -346,6 +352,11 @@ def train_one_epoch(model: nn.Module, loader: Iterable[Any], optimizer: torch.op
                 sums[k.replace("loss_", "loss/")] = sums.get(k.replace("loss_", "loss/"), 0.0) + v.item()
         if step % log_every == 0:
             bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{optimizer.param_groups[0]['lr']:.4g}")
+        if not progress and distributed.is_main and time.time() - last_log >= log_seconds:
+            last_log = time.time()
+            log.info("%s step %d/%d: loss %.4f (epoch mean), lr %.4g, %.2f samples/s",
+                     desc or f"epoch {epoch + 1}/{epochs}", done, steps, sums["loss"] / done,
+                     optimizer.param_groups[0]["lr"], samples / (last_log - t0))
     bar.close()
     return {**{k: v / max(done, 1) for k, v in sums.items()}, "steps": done, "samples": samples,
             "seconds": time.time() - t0}

@@ -44,6 +44,27 @@ def test_fresh_run_in_an_old_folder_starts_a_fresh_log(synthetic_data: dict, tmp
         assert [row["epoch"] for row in csv.DictReader(f)] == ["0"]
 
 
+def test_a_run_without_progress_bars_logs_its_steps(caplog: pytest.LogCaptureFixture) -> None:
+    from torch import nn
+
+    from headseg.engine import train_one_epoch
+
+    model = nn.Linear(2, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    batches = [torch.ones(4, 2)] * 3
+    with caplog.at_level("INFO", logger="headseg.engine"):
+        result = train_one_epoch(model, batches, optimizer, lambda b: ({"loss": model(b).pow(2).mean()}, len(b)),
+                                 epoch=0, epochs=2, steps=3, progress=False, log_seconds=0.0)
+    lines = [r.getMessage() for r in caplog.records if "samples/s" in r.getMessage()]
+    assert [line.split(":")[0] for line in lines] == [f"epoch 1/2 step {i}/3" for i in (1, 2, 3)]
+    assert result["steps"] == 3 and result["samples"] == 12
+    caplog.clear()
+    with caplog.at_level("INFO", logger="headseg.engine"):
+        train_one_epoch(model, batches, optimizer, lambda b: ({"loss": model(b).mean()}, len(b)),
+                        epoch=0, epochs=1, steps=3, progress=True, log_seconds=0.0)
+    assert not [r for r in caplog.records if "samples/s" in r.getMessage()]  # the bar shows it instead
+
+
 def test_rng_state_holds_the_cuda_generators(monkeypatch: pytest.MonkeyPatch) -> None:
     restored = []
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
