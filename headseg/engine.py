@@ -352,11 +352,12 @@ def train_one_epoch(model: nn.Module, loader: Iterable[Any], optimizer: torch.op
                 sums[k.replace("loss_", "loss/")] = sums.get(k.replace("loss_", "loss/"), 0.0) + v.item()
         if step % log_every == 0:
             bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{optimizer.param_groups[0]['lr']:.4g}")
-        if not progress and distributed.is_main and time.time() - last_log >= log_seconds:
-            last_log = time.time()
+        now = time.time()
+        if not progress and distributed.is_main and now - last_log >= log_seconds:
+            last_log = now
             log.info("%s step %d/%d: loss %.4f (epoch mean), lr %.4g, %.2f samples/s",
                      desc or f"epoch {epoch + 1}/{epochs}", done, steps, sums["loss"] / done,
-                     optimizer.param_groups[0]["lr"], samples / (last_log - t0))
+                     optimizer.param_groups[0]["lr"], samples / max(now - t0, 1e-6))
     bar.close()
     return {**{k: v / max(done, 1) for k, v in sums.items()}, "steps": done, "samples": samples,
             "seconds": time.time() - t0}
