@@ -353,6 +353,44 @@ def coco_summary(coco: dict[str, Any]) -> str:
             f"{coco['info'].get('skipped_boxes', 0)} skipped, {masks}")
 
 
+def faces_to_heads_coco(coco: dict[str, Any], rule: Any = None, derived_mask: str = "ellipse") -> dict[str, Any]:
+    """A copy of a COCO set of face boxes whose boxes are the head boxes derived from the faces.
+
+    For training a head segmenter on photos whose boxes cover faces (facemask): each face box
+    becomes the head box :func:`headseg.attributes.face_to_head_box` derives (clipped to the
+    image), with a mask derived from that head box and marked derived; categories, images and
+    ids are kept. The head boxes are an approximation (README, "Several attributes"), so
+    ``info["face_to_head"]`` records the rule.
+
+    Args:
+        coco: A COCO dictionary as the converters return (face boxes).
+        rule: A :class:`headseg.attributes.FaceToHead`; default its measured rule.
+        derived_mask: Shape of the mask made from each head box: ``ellipse`` or ``box``.
+
+    Returns:
+        The new dictionary; ``coco`` is not changed.
+    """
+    from headseg.attributes import FaceToHead, faces_to_heads  # noqa: PLC0415 (torch, for this case only)
+
+    _check_derived_mask(derived_mask)
+    rule = rule or FaceToHead()
+    sizes = {img["id"]: (img["height"], img["width"]) for img in coco["images"]}
+    by_image: dict[Any, list[dict[str, Any]]] = {}
+    for ann in coco["annotations"]:
+        by_image.setdefault(ann["image_id"], []).append(ann)
+    heads = []
+    for image_id, anns in by_image.items():
+        for head in faces_to_heads(anns, rule, *sizes[image_id]):
+            _, _, w, h = head["bbox"]
+            heads.append({**head, "area": derived_mask_area(w, h, derived_mask),
+                          "segmentation": [box_to_polygon(head["bbox"], shape=derived_mask)],
+                          "derived_mask": derived_mask})
+    heads.sort(key=lambda a: a["id"])
+    info = {**coco.get("info", {}), "derived_masks": derived_mask,
+            "face_to_head": {"width": rule.width, "top": rule.top, "bottom": rule.bottom}}
+    return {**coco, "info": info, "annotations": heads}
+
+
 # --------------------------------------------------------------------------------------------
 # Internals
 # --------------------------------------------------------------------------------------------

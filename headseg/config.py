@@ -29,6 +29,9 @@ T = TypeVar("T")
 @dataclass(frozen=True)
 class SegDataConfig:
     train_json: str = ""  # COCO file; images resolve against `image_root` or the JSON's folder
+    # more COCO files trained on together with train_json (same categories unless class_agnostic),
+    # e.g. facemask photos with head boxes derived from faces (prepare_facemask.py --face-to-head)
+    extra_train_json: tuple[str, ...] = ()
     val_json: str = ""  # evaluated every epoch to keep the best checkpoint
     image_root: str = ""  # empty: the folder holding each JSON file
     class_agnostic: bool = True  # one `head` class; attire is stage 2's job

@@ -550,6 +550,23 @@ def init_from_checkpoint(model: MaskRCNN, path: str | Path, class_names: Sequenc
     log.info("weights from %s (epoch %s)", path, state.get("epoch"))
 
 
+def _training_set(cfg: SegConfig, train_coco: CocoHeads, class_names: list[str]) -> torch.utils.data.Dataset:
+    """``data.train_json``'s images, then those of every ``data.extra_train_json``, as one set."""
+    transforms = train_transforms(cfg.train.hflip, cfg.train.scale_jitter, cfg.train.color_jitter)
+    parts = [HeadDataset(train_coco, transforms, cfg.data.class_agnostic, cfg.data.derived_mask)]
+    for path in cfg.data.extra_train_json:
+        coco = load_coco(path, cfg.data.image_root or None)
+        if not cfg.data.class_agnostic and coco.class_names != class_names:
+            raise ValueError(f"data.extra_train_json {path} has categories {coco.class_names}, "
+                             f"data.train_json {class_names}; they must match unless data.class_agnostic")
+        parts.append(HeadDataset(coco, transforms, cfg.data.class_agnostic, cfg.data.derived_mask))
+        log.info("training on %s too: %d images", path, len(parts[-1]))
+    for path, part in zip([cfg.data.train_json, *cfg.data.extra_train_json], parts):
+        if len(part) == 0:
+            raise ValueError(f"{path} has no images to train on")
+    return parts[0] if len(parts) == 1 else torch.utils.data.ConcatDataset(parts)
+
+
 def train_segmenter(cfg: SegConfig, out_dir: str | Path, resume: bool = False,
                     device: str | torch.device | None = None, progress: bool = True) -> dict[str, Any]:
     """Train a head segmenter; the loop behind ``tools/train_seg.py``.
@@ -579,10 +596,7 @@ def train_segmenter(cfg: SegConfig, out_dir: str | Path, resume: bool = False,
     if val_coco is None:
         log.info("no data.val_json: the lowest training loss picks best.pt, not %s", t.select_metric)
     class_names = ["head"] if cfg.data.class_agnostic else train_coco.class_names
-    dataset = HeadDataset(train_coco, train_transforms(t.hflip, t.scale_jitter, t.color_jitter),
-                          cfg.data.class_agnostic, cfg.data.derived_mask)
-    if len(dataset) == 0:
-        raise ValueError(f"{cfg.data.train_json} has no images to train on")
+    dataset = _training_set(cfg, train_coco, class_names)
 
     model = build_segmenter(cfg.model, len(class_names)).to(device)
     optimizer = _set_param_groups(model, cfg)

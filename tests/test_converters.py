@@ -15,6 +15,7 @@ from pycocotools.coco import COCO
 from datasets.converters import (
     clip_box_xywh,
     cvat_to_coco,
+    faces_to_heads_coco,
     polygon_area,
     prepare_split_files,
     voc_to_coco,
@@ -270,6 +271,52 @@ def test_prepare_split_files_writes_jsons_and_links_images(tmp_path: Path) -> No
     assert counts == {"train": 1, "val": 2, "test": 1}
     assert json.loads(paths["val"].read_text())["info"]["description"] == "fake (val split)"
     assert prepare_split_files(src, out, ["helmet", "head"]) == paths  # rerun over an existing link
+
+
+def test_faces_to_heads_coco_derives_head_boxes_and_their_masks(tmp_path: Path) -> None:
+    from headseg.attributes import FaceToHead
+
+    face = voc_to_coco([write_voc(tmp_path / "a.xml", "a.jpg", 100, 80, [("with_mask", (41, 31, 60, 50))])])
+    before = json.dumps(face)
+    heads = faces_to_heads_coco(face, FaceToHead(width=1.5, top=0.5, bottom=0.1))
+    assert json.dumps(face) == before  # the input is not changed
+    (ann,) = heads["annotations"]
+    # face x 40..60, y 30..50 (w = h = 20): head 1.5 face widths wide, 10 px above, 2 px below
+    assert ann["bbox"] == pytest.approx([35.0, 20.0, 30.0, 32.0])
+    assert ann["area"] == pytest.approx(math.pi * 30 * 32 / 4)
+    assert ann["derived_mask"] == "ellipse" and ann["category_id"] == face["annotations"][0]["category_id"]
+    assert heads["info"]["face_to_head"] == {"width": 1.5, "top": 0.5, "bottom": 0.1}
+    assert heads["info"]["derived_masks"] == "ellipse"
+    api = load_with_pycocotools(heads, tmp_path)
+    mask = api.annToMask(ann)
+    ys, xs = np.nonzero(mask)
+    assert 35 <= xs.min() and xs.max() < 65 and 20 <= ys.min() and ys.max() < 52  # inside the head box
+    assert mask.sum() == pytest.approx(ann["area"], rel=0.1)
+    edge = voc_to_coco([write_voc(tmp_path / "b.xml", "b.jpg", 100, 80, [("x", (1, 1, 20, 20))])])
+    assert faces_to_heads_coco(edge)["annotations"][0]["bbox"][:2] == [0.0, 0.0]  # clipped to the image
+
+
+def test_prepare_facemask_writes_head_boxes_on_request(tmp_path: Path) -> None:
+    from datasets import prepare_facemask
+
+    src = tmp_path / "src"
+    for name, box in {"a.jpg": (5, 5, 12, 12), "b.jpg": (3, 3, 8, 8), "c.jpg": (10, 4, 16, 10)}.items():
+        write_image(src / "images" / name, 24, 16)
+        write_voc(src / "annotations" / f"{Path(name).stem}.xml", name, 24, 16, [("with_mask", box)])
+    (src / "splits").mkdir()
+    for split, name in {"train": "a.jpg", "val": "b.jpg", "test": "c.jpg"}.items():
+        (src / "splits" / f"{split}.txt").write_text(name + "\n")
+    faces = prepare_facemask.main(prepare_facemask.parse_args(["--src", str(src), "--out", str(tmp_path / "f")]))
+    heads = prepare_facemask.main(prepare_facemask.parse_args(
+        ["--src", str(src), "--out", str(tmp_path / "h"), "--face-to-head", "--head-rule", "2", "0.5", "0"]))
+    face = json.loads(faces["train"].read_text())["annotations"][0]["bbox"]  # x 4..12, y 4..12
+    head = json.loads(heads["train"].read_text())["annotations"][0]["bbox"]
+    assert face == pytest.approx([4.0, 4.0, 8.0, 8.0])
+    assert head == pytest.approx([0.0, 0.0, 16.0, 12.0])  # 16 wide, 4 px above (clipped at 0)
+    assert json.loads(heads["val"].read_text())["info"]["face_to_head"]["width"] == 2.0
+    with pytest.raises(ValueError, match="only applies with --face-to-head"):
+        prepare_facemask.main(prepare_facemask.parse_args(
+            ["--src", str(src), "--out", str(tmp_path / "x"), "--head-rule", "2", "0.5", "0"]))
 
 
 def test_prepare_split_files_image_without_xml_is_a_clear_error(tmp_path: Path) -> None:

@@ -156,6 +156,29 @@ def test_stride4_level_with_8px_anchors_trains(synthetic_data: dict, tmp_path: P
     assert shipped.model.returned_layers == (1, 2, 3, 4, 5) and shipped.model.anchor_sizes[0] == 8
 
 
+def test_extra_train_json_trains_on_both_sets(synthetic_data: dict, tmp_path: Path,
+                                              caplog: pytest.LogCaptureFixture) -> None:
+    extra = [f"data.extra_train_json=[{synthetic_data['val']}]"]
+    cfg = load_config(SegConfig, None, [*TINY_SEG, f"data.train_json={synthetic_data['train']}", *extra])
+    coco = load_coco(cfg.data.train_json)
+    both = segmentation._training_set(cfg, coco, ["head"])
+    assert len(both) == len(coco.image_ids) + len(load_coco(synthetic_data["val"]).image_ids)
+    with caplog.at_level("INFO", logger="headseg.segmentation"):
+        _, state = _conv_output_dtypes(synthetic_data, tmp_path / "both", extra)
+    assert f"training on {synthetic_data['val']} too" in caplog.text
+    assert list(state["config"]["data"]["extra_train_json"]) == [str(synthetic_data["val"])]
+
+    # with classes (not class-agnostic) the extra set must name the same ones
+    other = json.loads(Path(synthetic_data["val"]).read_text())
+    other["categories"][0]["name"] = "beanie"
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    strict = load_config(SegConfig, None, [*TINY_SEG, "data.class_agnostic=false",
+                                           f"data.image_root={Path(synthetic_data['val']).parent}",
+                                           f"data.extra_train_json=[{tmp_path / 'other.json'}]"])
+    with pytest.raises(ValueError, match="must match unless data.class_agnostic"):
+        segmentation._training_set(strict, coco, coco.class_names)
+
+
 def test_bench_train_smoke(capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
     rows = bench_train.main(bench_train.parse_args(
         ["--smoke", "--variants", "all", "--json", str(tmp_path / "b.json")]))
