@@ -32,12 +32,15 @@ import xml.etree.ElementTree as ET
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
 from headseg.data import DERIVED_MASK_KINDS, box_to_polygon
 from headseg.io import IMAGE_EXTENSIONS, write_json
+
+if TYPE_CHECKING:
+    from headseg.attributes import FaceToHead
 
 logger = logging.getLogger(__name__)
 
@@ -353,7 +356,8 @@ def coco_summary(coco: dict[str, Any]) -> str:
             f"{coco['info'].get('skipped_boxes', 0)} skipped, {masks}")
 
 
-def faces_to_heads_coco(coco: dict[str, Any], rule: Any = None, derived_mask: str = "ellipse") -> dict[str, Any]:
+def faces_to_heads_coco(coco: dict[str, Any], rule: FaceToHead | None = None,
+                        derived_mask: str = "ellipse") -> dict[str, Any]:
     """A copy of a COCO set of face boxes whose boxes are the head boxes derived from the faces.
 
     For training a head segmenter on photos whose boxes cover faces (facemask): each face box

@@ -13,7 +13,7 @@ With ``--face-to-head`` each face box is replaced by the head box derived from i
 (``headseg.attributes.FaceToHead``, the rule measured on facemask val; ``--head-rule`` for
 another), for training a head segmenter on these photos too::
 
-    python datasets/prepare_facemask.py --face-to-head --out work_data/facemask_heads
+    python datasets/prepare_facemask.py --face-to-head   # -> work_data/facemask_heads
 
 Those head boxes are approximations (README, "Several attributes"); ``info["face_to_head"]``
 records the rule.
@@ -45,12 +45,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--src", type=Path, default=REPO_ROOT / "../shared/data/facemask",
                         help="folder with images/, annotations/ and splits/ (default: ../shared/data/facemask)")
-    parser.add_argument("--out", type=Path, default=REPO_ROOT / "work_data/facemask",
-                        help="output folder for {train,val,test}.json (default: work_data/facemask)")
+    parser.add_argument("--out", type=Path,
+                        help="output folder for {train,val,test}.json (default: work_data/facemask, "
+                             "with --face-to-head work_data/facemask_heads)")
     parser.add_argument("--derived-mask", choices=DERIVED_MASK_KINDS, default="ellipse",
                         help="shape of the mask derived from each box (default: ellipse)")
     parser.add_argument("--face-to-head", action="store_true",
-                        help="write head boxes derived from the face boxes (choose another --out)")
+                        help="write head boxes derived from the face boxes")
     add_head_rule_arg(parser)
     return parser.parse_args(argv)
 
@@ -59,7 +60,8 @@ def main(args: argparse.Namespace) -> dict[str, Path]:
     """Write the split JSON files and return split name -> JSON path."""
     if args.head_rule and not args.face_to_head:
         raise ValueError("--head-rule only applies with --face-to-head")
-    paths = prepare_split_files(args.src, args.out, CATEGORIES, derived_mask=args.derived_mask,
+    out = args.out or REPO_ROOT / ("work_data/facemask_heads" if args.face_to_head else "work_data/facemask")
+    paths = prepare_split_files(args.src, out, CATEGORIES, derived_mask=args.derived_mask,
                                 description=DESCRIPTION)
     if args.face_to_head:
         rule = head_rule(args)
