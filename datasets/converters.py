@@ -25,12 +25,13 @@ warning naming its file, and counted in ``info["skipped_boxes"]``.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
 import xml.etree.ElementTree as ET
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -278,7 +279,8 @@ def cvat_to_coco(xml_path: Path, derived_mask: str = "ellipse") -> dict[str, Any
 
 
 def prepare_split_files(src: Path, out: Path, categories: list[str], derived_mask: str = "ellipse",
-                        description: str = "") -> dict[str, Path]:
+                        description: str = "",
+                        convert: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> dict[str, Path]:
     """Convert a VOC data set with fixed splits into one COCO JSON per split.
 
     ``src`` is laid out as ``images/``, ``annotations/<stem>.xml`` and
@@ -293,6 +295,8 @@ def prepare_split_files(src: Path, out: Path, categories: list[str], derived_mas
         categories: Ordered category names, ids ``1..K``; an object with another name is an error.
         derived_mask: Shape of the mask made from each box: ``ellipse`` or ``box``.
         description: Text for ``info["description"]``; the split name is appended.
+        convert: Applied to each split's COCO dictionary before it is written (e.g.
+            :func:`faces_to_heads_coco`).
 
     Returns:
         Split name -> path of its JSON file, for ``train``, ``val`` and ``test``.
@@ -328,7 +332,7 @@ def prepare_split_files(src: Path, out: Path, categories: list[str], derived_mas
             _check_image_matches(src / "images" / name, image, xml_files[image["id"] - 1])
             image["file_name"] = f"images/{name}"
         coco["info"]["description"] = f"{description} ({split} split)" if description else f"{split} split"
-        cocos[split] = coco
+        cocos[split] = convert(coco) if convert else coco
     out.mkdir(parents=True, exist_ok=True)
     _link_images(src / "images", out / "images")
     paths = {}
@@ -374,24 +378,15 @@ def faces_to_heads_coco(coco: dict[str, Any], rule: FaceToHead | None = None,
     Returns:
         The new dictionary; ``coco`` is not changed.
     """
-    from headseg.attributes import FaceToHead, faces_to_heads  # noqa: PLC0415 (torch, for this case only)
+    from headseg.attributes import FaceToHead, coco_faces_to_heads  # noqa: PLC0415 (torch, for this case only)
 
     _check_derived_mask(derived_mask)
     rule = rule or FaceToHead()
-    sizes = {img["id"]: (img["height"], img["width"]) for img in coco["images"]}
-    by_image: dict[Any, list[dict[str, Any]]] = {}
-    for ann in coco["annotations"]:
-        by_image.setdefault(ann["image_id"], []).append(ann)
-    heads = []
-    for image_id, anns in by_image.items():
-        for head in faces_to_heads(anns, rule, *sizes[image_id]):
-            _, _, w, h = head["bbox"]
-            heads.append({**head, "area": derived_mask_area(w, h, derived_mask),
-                          "segmentation": [box_to_polygon(head["bbox"], shape=derived_mask)],
-                          "derived_mask": derived_mask})
+    heads = [{**head, "area": derived_mask_area(*head["bbox"][2:], derived_mask),
+              "segmentation": [box_to_polygon(head["bbox"], shape=derived_mask)], "derived_mask": derived_mask}
+             for head in coco_faces_to_heads(coco, rule)]
     heads.sort(key=lambda a: a["id"])
-    info = {**coco.get("info", {}), "derived_masks": derived_mask,
-            "face_to_head": {"width": rule.width, "top": rule.top, "bottom": rule.bottom}}
+    info = {**coco.get("info", {}), "derived_masks": derived_mask, "face_to_head": dataclasses.asdict(rule)}
     return {**coco, "info": info, "annotations": heads}
 
 

@@ -22,6 +22,7 @@ records the rule.
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import sys
 from pathlib import Path
@@ -31,8 +32,7 @@ if str(REPO_ROOT) not in sys.path:  # run as `python datasets/prepare_facemask.p
     sys.path.insert(0, str(REPO_ROOT))
 
 from datasets.converters import faces_to_heads_coco, prepare_split_files  # noqa: E402
-from headseg.data import DERIVED_MASK_KINDS, read_json  # noqa: E402
-from headseg.io import write_json  # noqa: E402
+from headseg.data import DERIVED_MASK_KINDS  # noqa: E402
 from tools._cli import add_head_rule_arg, head_rule  # noqa: E402
 
 # Fixed order, so category ids never depend on which names a split happens to contain.
@@ -61,14 +61,13 @@ def main(args: argparse.Namespace) -> dict[str, Path]:
     if args.head_rule and not args.face_to_head:
         raise ValueError("--head-rule only applies with --face-to-head")
     out = args.out or REPO_ROOT / ("work_data/facemask_heads" if args.face_to_head else "work_data/facemask")
-    paths = prepare_split_files(args.src, out, CATEGORIES, derived_mask=args.derived_mask,
-                                description=DESCRIPTION)
+    convert = None
     if args.face_to_head:
         rule = head_rule(args)
-        for path in paths.values():
-            write_json(path, faces_to_heads_coco(read_json(path), rule, args.derived_mask))
         logging.getLogger(__name__).info("boxes are head boxes derived from the faces: %s", rule)
-    return paths
+        convert = functools.partial(faces_to_heads_coco, rule=rule, derived_mask=args.derived_mask)
+    return prepare_split_files(args.src, out, CATEGORIES, derived_mask=args.derived_mask,
+                               description=DESCRIPTION, convert=convert)
 
 
 if __name__ == "__main__":

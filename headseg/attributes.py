@@ -453,3 +453,20 @@ def faces_to_heads(annotations: Sequence[Mapping], rule: FaceToHead, height: int
     return [{**{k: v for k, v in a.items() if k != "segmentation"},
              "bbox": [x0, y0, x1 - x0, y1 - y0], "area": (x1 - x0) * (y1 - y0)}
             for a, (x0, y0, x1, y1) in zip(annotations, heads)]
+
+
+def coco_faces_to_heads(data: Mapping, rule: FaceToHead) -> list[dict]:
+    """:func:`faces_to_heads` over a whole COCO dictionary: the head copy of every annotation.
+
+    Args:
+        data: A COCO dictionary whose boxes are faces (``images`` carry ``height`` and ``width``).
+        rule: The geometry.
+
+    Returns:
+        New annotation dicts, grouped by image in the order images first appear.
+    """
+    sizes = {img["id"]: (img["height"], img["width"]) for img in data["images"]}
+    by_image: dict = {}
+    for ann in data["annotations"]:
+        by_image.setdefault(ann["image_id"], []).append(ann)
+    return [head for image_id, anns in by_image.items() for head in faces_to_heads(anns, rule, *sizes[image_id])]

@@ -903,14 +903,9 @@ def attribute_ground_truth(gt: COCO | str | Path | Mapping[str, Any], schema: At
         value = schema.attributes[attribute][schema.targets(source, c["name"])[a]]
         c.update(name=schema.column_name(attribute, value), attribute=attribute, value=value)
     if face_to_head is not None:
-        from headseg.attributes import faces_to_heads  # noqa: PLC0415 (torch, for this case only)
+        from headseg.attributes import coco_faces_to_heads  # noqa: PLC0415 (torch, for this case only)
 
-        by_image: dict[Any, list[dict[str, Any]]] = {}
-        for ann in data["annotations"]:
-            by_image.setdefault(ann["image_id"], []).append(ann)
-        images = {img["id"]: img for img in data["images"]}
-        data["annotations"] = [head for image_id, anns in by_image.items() for head in faces_to_heads(
-            anns, face_to_head, images[image_id]["height"], images[image_id]["width"])]
+        data["annotations"] = coco_faces_to_heads(data, face_to_head)
         data["info"] = {**(data.get("info") or {}), "face_to_head": dataclasses.asdict(face_to_head)}
     return data
 
