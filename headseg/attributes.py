@@ -221,6 +221,18 @@ class AttributePrediction:
                 "probs": {k: round(v, 4) for k, v in self.probs.items()}}
 
 
+def attribute_columns(values: Mapping[str, str]) -> list[str]:
+    """A head's attribute values as classifier columns: the value itself with one attribute,
+    ``attribute/value`` with several (as ``probs``, COCO category names and summary counts have them).
+
+    Args:
+        values: Attribute -> its predicted value, in the classifier's attribute order.
+    """
+    if len(values) == 1:
+        return list(values.values())
+    return [f"{a}/{v}" for a, v in values.items()]
+
+
 def attribute_softmax(logits: torch.Tensor, schema: AttributeSchema) -> torch.Tensor:
     """A classifier's logits -> probabilities: one softmax per attribute's block of columns.
 

@@ -27,7 +27,7 @@ import torch
 from pycocotools import mask as mask_utils
 from torch import nn
 
-from headseg.attributes import AttributePrediction, attribute_softmax
+from headseg.attributes import AttributePrediction, attribute_columns, attribute_softmax
 from headseg.classification import Classifier
 from headseg.crops import crop_heads
 from headseg.data import CocoHeads
@@ -108,11 +108,8 @@ class Head:
         return cls(box_xyxy, mask, score, label, prob, probs, dict(attributes))
 
     def columns(self) -> list[str]:
-        """Each attribute's value as its classifier column: the value itself with one attribute,
-        ``attribute/value`` with several (as ``probs`` and COCO category names have them)."""
-        if len(self.attributes) == 1:
-            return [p.value for p in self.attributes.values()]
-        return [f"{a}/{p.value}" for a, p in self.attributes.items()]
+        """Each attribute's value as its classifier column (:func:`~headseg.attributes.attribute_columns`)."""
+        return attribute_columns({a: p.value for a, p in self.attributes.items()})
 
     def to_json(self, mask: bool = True) -> dict[str, Any]:
         """JSON-ready dict; the mask as COCO RLE (``counts`` a string) unless ``mask=False``."""

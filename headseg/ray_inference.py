@@ -86,11 +86,11 @@ def iter_records(out: str | Path) -> Iterator[dict[str, Any]]:
 
 
 def _columns(head: dict[str, Any]) -> list[str]:
-    """A JSON head's classifier columns, as ``Head.columns()`` (and the summary's counts) has them."""
+    """A JSON head's classifier columns, as ``Head.columns()`` has them."""
+    from headseg.attributes import attribute_columns  # noqa: PLC0415  (torch stays out of this module's import)
+
     attributes = head.get("attributes") or {"label": {"value": head["label"]}}  # records before attributes
-    if len(attributes) == 1:
-        return [p["value"] for p in attributes.values()]
-    return [f"{a}/{p['value']}" for a, p in attributes.items()]
+    return attribute_columns({a: p["value"] for a, p in attributes.items()})
 
 
 def _done(out: Path) -> dict[str, list[str]]:
