@@ -87,6 +87,9 @@ class TrainConfig:
     seed: int = 0  # seeds python, numpy and torch
     max_iters: int = 0  # stop each epoch after this many steps (0: whole epoch); for smoke runs
     log_every: int = 20  # steps between progress-bar loss updates
+    # last.pt within an epoch this often (0: only at epoch ends): a CPU epoch of hhw takes half an
+    # hour, and --resume goes on from the step a killed run had saved, as if never stopped
+    checkpoint_minutes: float = 10.0
     select_metric: str = "bbox/AP50"  # val metric that picks best.pt; the product's head goal
     # a trained segmenter (best.pt, last.pt or a packed file, e.g. headseg/assets/hhw_segmenter.pt)
     # whose weights start the run instead of ImageNet's: fine-tuning; same architecture and classes

@@ -6,9 +6,13 @@ lives here once (in the spirit of torchvision's ``references/detection/engine.py
 * :func:`train_one_epoch` steps the optimizer (optionally under autocast with a gradient
   scaler, gradient clipping and a per-step LR schedule) and stops every process at once when
   the loss stops being finite.
-* :class:`Checkpointer` owns a run folder: ``last.pt`` every epoch (atomically, so a killed run
-  loses at most the epoch in progress and ``--resume`` continues from the last complete one),
-  ``best.pt`` when the selection score improves, ``metrics.csv`` and ``curves.png``.
+* :class:`Checkpointer` owns a run folder: ``last.pt`` every epoch and, within long epochs,
+  every few minutes (atomically, so a killed run loses at most those minutes and ``--resume``
+  continues from the step it reached), ``best.pt`` when the selection score improves,
+  ``metrics.csv`` and ``curves.png``.
+* :class:`EpochSampler` and :class:`SeededSamples` make an epoch's order and every sample's
+  augmentation a function of (seed, epoch, position) alone, so a run resumed mid-epoch trains
+  on the same data, the same way, as one never stopped, with any number of loader workers.
 """
 
 from __future__ import annotations
@@ -100,6 +104,68 @@ def lr_lambda(total_iters: int, warmup_iters: int, schedule: str,
         return 1.0
 
     return factor
+
+
+# ----------------------------------------------------------------------------- data order
+
+
+def sample_seed(seed: int, epoch: int, position: int) -> int:
+    """The augmentation seed of the sample at ``position`` of ``epoch``'s order."""
+    return int(np.random.SeedSequence([seed, epoch, position]).generate_state(1)[0])
+
+
+class EpochSampler(torch.utils.data.Sampler):
+    """One epoch's shuffled order as ``(index, augmentation seed)`` keys for :class:`SeededSamples`.
+
+    The order depends only on ``(seed, epoch)``, so ``start`` can skip the samples a killed run
+    already trained on. Under DDP each process takes every ``world_size``-th position of the
+    order, padded by repetition to a multiple of ``world_size`` (as ``DistributedSampler`` does).
+
+    Args:
+        size: Samples in the dataset.
+        seed, epoch: Together they fix the order and every sample's augmentation seed.
+        start: Positions of this process's share to skip (steps already done x batch size).
+        rank, world_size: This process and how many share the epoch.
+    """
+
+    def __init__(self, size: int, seed: int, epoch: int, start: int = 0, rank: int = 0,
+                 world_size: int = 1) -> None:
+        order = torch.randperm(size, generator=torch.Generator().manual_seed(seed * 1000 + epoch)).tolist()
+        total = -(-size // world_size) * world_size
+        order = (order * (-(-total // max(size, 1))))[:total]
+        positions = range(rank, total, world_size)
+        self.keys = [(order[p], sample_seed(seed, epoch, p)) for p in positions][start:]
+
+    def __iter__(self):
+        return iter(self.keys)
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+
+class SeededSamples(torch.utils.data.Dataset):
+    """``dataset[index]`` drawn under its own seed, from :class:`EpochSampler`'s ``(index, seed)`` keys.
+
+    torchvision's random transforms draw from torch's global generator; seeding it per sample
+    (and restoring it afterwards, so the caller's stream is untouched when there are no loader
+    workers) makes each sample's augmentation independent of which worker loads it and of
+    where a run was resumed.
+    """
+
+    def __init__(self, dataset: torch.utils.data.Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]) -> Any:
+        index, seed = key
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self.dataset[index]
+
+
+# ----------------------------------------------------------------------------- checkpoints
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
@@ -280,7 +346,9 @@ def train_one_epoch(model: nn.Module, loader: Iterable[Any], optimizer: torch.op
                     scaler: torch.amp.GradScaler | None = None, autocast: dict[str, Any] | None = None,
                     clip_grad_norm: float = 0.0, last_good: Path | None = None, hint: str = "Lower train.lr",
                     desc: str = "", log_every: int = 20, progress: bool = True,
-                    log_seconds: float = 60.0) -> dict[str, float]:
+                    log_seconds: float = 60.0, resume_from: dict[str, Any] | None = None,
+                    save_every: float = 0.0,
+                    save_partial: Callable[[dict[str, Any]], None] | None = None) -> dict[str, float]:
     """Train ``model`` for one epoch of at most ``steps`` batches.
 
     Args:
@@ -301,6 +369,11 @@ def train_one_epoch(model: nn.Module, loader: Iterable[Any], optimizer: torch.op
             whether to show it at all.
         log_seconds: Without a progress bar (logs to a file under ``nohup``), a log line at most
             this often with the step, mean loss, lr and samples/s, so a long epoch is never silent.
+        resume_from: The ``progress`` a mid-epoch checkpoint saved (``step``, loss ``sums``,
+            ``samples``, ``seconds``): the epoch goes on from there, and its means cover all of it.
+            The loader must already skip the batches done (:class:`EpochSampler`'s ``start``).
+        save_every, save_partial: Every ``save_every`` seconds (0: never) after an optimizer step
+            that does not end the epoch, ``save_partial(progress)`` writes a mid-epoch checkpoint.
 
     Returns:
         Epoch means ``loss`` and ``loss/x``, plus ``steps``, ``samples`` and ``seconds``.
@@ -310,12 +383,13 @@ def train_one_epoch(model: nn.Module, loader: Iterable[Any], optimizer: torch.op
     """
     distributed = distributed or Distributed()
     params = [p for group in optimizer.param_groups for p in group["params"]]
-    sums: dict[str, float] = {}
-    done, samples, t0 = 0, 0, time.time()
-    last_log = t0
-    bar = tqdm(loader, total=steps, desc=desc or f"epoch {epoch + 1}/{epochs}",
+    start = resume_from or {"step": 0, "sums": {}, "samples": 0, "seconds": 0.0}
+    sums: dict[str, float] = dict(start["sums"])
+    done, samples, t0 = start["step"], start["samples"], time.time() - start["seconds"]
+    last_log = last_save = time.time()
+    bar = tqdm(loader, total=steps, initial=done, desc=desc or f"epoch {epoch + 1}/{epochs}",
                disable=not (progress and distributed.is_main))
-    for step, batch in enumerate(bar):
+    for step, batch in enumerate(bar, start=done):
         if step >= steps:
             break
         with torch.autocast(**autocast) if autocast else contextlib.nullcontext():
@@ -358,6 +432,10 @@ def train_one_epoch(model: nn.Module, loader: Iterable[Any], optimizer: torch.op
             log.info("%s step %d/%d: loss %.4f (epoch mean), lr %.4g, %.2f samples/s",
                      desc or f"epoch {epoch + 1}/{epochs}", done, steps, sums["loss"] / done,
                      optimizer.param_groups[0]["lr"], samples / max(now - t0, 1e-6))
+        if save_partial is not None and save_every > 0 and now - last_save >= save_every and done < steps:
+            save_partial({"epoch": epoch, "step": done, "sums": dict(sums), "samples": samples,
+                          "seconds": now - t0})
+            last_save = time.time()
     bar.close()
     return {**{k: v / max(done, 1) for k, v in sums.items()}, "steps": done, "samples": samples,
             "seconds": time.time() - t0}
@@ -370,7 +448,10 @@ TRAINING_STATE = ("optimizer", "scheduler", "scaler", "rng")
 
 
 class Checkpointer:
-    """A run folder: ``last.pt`` every epoch, ``best.pt`` on improvement, ``metrics.csv``, ``curves.png``.
+    """A run folder: ``last.pt`` every epoch and within it, ``best.pt``, ``metrics.csv``, ``curves.png``.
+
+    ``last.pt`` is written at the end of every epoch and, with :meth:`save_partial`, within long
+    ones; ``best.pt`` when the selection score improves.
 
     The best checkpoint is the one with the highest score; with ``tie`` values given, an equal
     score with a lower tie value (e.g. a lower val loss) also counts as better. A fresh run
@@ -394,13 +475,17 @@ class Checkpointer:
         self.last_path, self.best_path = self.out_dir / "last.pt", self.out_dir / "best.pt"
         self.metrics = MetricsLog(self.out_dir, plot_keys)
         self.best, self.best_tie, self.best_epoch, self.start_epoch = -math.inf, math.inf, -1, 0
+        # Where the epoch at start_epoch stopped, when last.pt was saved within it (else None).
+        self.partial: dict[str, Any] | None = None
 
     def resume(self, resume: bool) -> dict[str, Any] | None:
         """With ``resume``, load ``last.pt`` (if any) and restore the RNG and best-so-far.
 
         Returns:
             The loaded checkpoint, for the stage to restore its model and optimizer; None for
-            a fresh start.
+            a fresh start. After a mid-epoch checkpoint, :attr:`partial` says where that epoch
+            stopped (for :class:`EpochSampler`'s ``start`` and :func:`train_one_epoch`'s
+            ``resume_from``), and the stage must not reseed the generators for that epoch.
         """
         state = None
         if resume and self.last_path.is_file():
@@ -410,7 +495,13 @@ class Checkpointer:
             self.best_tie = state.get("best_tie", state.get("best_loss", math.inf))
             self.best_epoch = state.get("best_epoch", -1)
             set_rng_state(state["rng"])
-            log.info("resumed from %s after epoch %d", self.last_path, self.start_epoch)
+            self.partial = state.get("partial")
+            if self.partial is not None:
+                self.start_epoch = self.partial["epoch"]
+                log.info("resumed from %s in epoch %d, after step %d", self.last_path, self.start_epoch + 1,
+                         self.partial["step"])
+            else:
+                log.info("resumed from %s after epoch %d", self.last_path, self.start_epoch)
         elif resume:
             log.warning("--resume: no %s yet, starting from scratch", self.last_path)
         self.metrics.truncate(self.start_epoch)
@@ -426,6 +517,20 @@ class Checkpointer:
     def is_improvement(self, score: float, tie: float | None = None) -> bool:
         """Whether an epoch scoring ``score`` (and ``tie``) would become ``best.pt``."""
         return score > self.best or (tie is not None and score == self.best and tie < self.best_tie)
+
+    def save_partial(self, checkpoint: dict[str, Any], progress: dict[str, Any]) -> None:
+        """``last.pt`` within an epoch: weights and training state after ``progress["step"]`` steps.
+
+        Its ``epoch`` stays the last finished one (what evaluation and packing read); the
+        ``partial`` entry tells ``--resume`` to go on within the next. ``best.pt`` and
+        ``metrics.csv`` change only at the end of an epoch.
+        """
+        if self.distributed.is_main:
+            meta = {"epoch": progress["epoch"] - 1, "best": self.best, "best_tie": self.best_tie,
+                    "best_epoch": self.best_epoch}
+            save_checkpoint(self.last_path, {**checkpoint, **meta, "rng": rng_state(), "partial": progress})
+            log.info("checkpoint in epoch %d after step %d: %s", progress["epoch"] + 1, progress["step"],
+                     self.last_path)
 
     def end_epoch(self, epoch: int, checkpoint: dict[str, Any], score: float, row: dict[str, float],
                   tie: float | None = None) -> bool:

@@ -36,6 +36,8 @@ from headseg.config import SegConfig, SegModelConfig, from_dict, to_dict
 from headseg.data import CocoHeads, HeadDataset, collate, load_coco, train_transforms
 from headseg.engine import (
     Checkpointer,
+    EpochSampler,
+    SeededSamples,
     default_device,
     init_distributed,
     load_checkpoint,
@@ -632,25 +634,34 @@ def train_segmenter(cfg: SegConfig, out_dir: str | Path, resume: bool = False,
         targets = [{k: (v.to(device) if torch.is_tensor(v) else v) for k, v in tgt.items()} for tgt in targets]
         return train_model(images, targets), len(images)
 
+    def training_state() -> dict[str, Any]:
+        return {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict()}
+
+    def save_partial(progress: dict[str, Any]) -> None:
+        checkpointer.save_partial(segmenter_checkpoint(model, cfg, class_names, metrics=last_metrics,
+                                                       **training_state()), progress)
+
     last_metrics: dict[str, float] = {}
+    partial = checkpointer.partial
     for epoch in range(checkpointer.start_epoch, t.epochs):
-        # Data order and augmentation depend only on (seed, epoch): a resumed run sees the same.
-        torch.manual_seed(t.seed * 1000 + epoch)
-        generator = torch.Generator().manual_seed(t.seed * 1000 + epoch)
-        if d.enabled:
-            sampler = torch.utils.data.DistributedSampler(dataset, d.world_size, d.rank, seed=t.seed)
-            sampler.set_epoch(epoch)
-        else:
-            sampler = torch.utils.data.RandomSampler(dataset, generator=generator)
+        # Data order and augmentation depend only on (seed, epoch, position), and a mid-epoch
+        # checkpoint restored the generators of its step: a resumed run trains as one never stopped.
+        if partial is None:
+            torch.manual_seed(t.seed * 1000 + epoch)
+        sampler = EpochSampler(len(dataset), t.seed, epoch, (partial or {}).get("step", 0) * t.batch_size,
+                               d.rank, d.world_size)
         loader = torch.utils.data.DataLoader(
-            dataset, batch_size=t.batch_size, sampler=sampler, num_workers=cfg.data.workers,
-            collate_fn=collate, generator=generator, persistent_workers=False)
+            SeededSamples(dataset), batch_size=t.batch_size, sampler=sampler, num_workers=cfg.data.workers,
+            collate_fn=collate, generator=torch.Generator().manual_seed(t.seed), persistent_workers=False)
         train_model.train()
         stats = train_one_epoch(
             train_model, loader, optimizer, compute_losses, epoch=epoch, epochs=t.epochs,
             steps=steps_per_epoch, distributed=d, scheduler=scheduler, scaler=scaler, autocast=autocast,
             clip_grad_norm=t.clip_grad_norm, last_good=checkpointer.last_path,
-            hint="Lower train.lr or raise train.warmup_iters.", log_every=t.log_every, progress=progress)
+            hint="Lower train.lr or raise train.warmup_iters.", log_every=t.log_every, progress=progress,
+            resume_from=partial, save_every=t.checkpoint_minutes * 60, save_partial=save_partial)
+        partial = None
         steps, seconds, _ = stats.pop("steps"), stats.pop("seconds"), stats.pop("samples")
         row = {"epoch": epoch, "lr": scheduler.get_last_lr()[0], "epoch_seconds": seconds,
                "images_per_second": steps * t.batch_size * d.world_size / max(seconds, 1e-9), **stats}
@@ -663,9 +674,7 @@ def train_segmenter(cfg: SegConfig, out_dir: str | Path, resume: bool = False,
                 score = last_metrics[t.select_metric]
             else:
                 score = -row["loss"]
-            training_state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                              "scaler": scaler.state_dict()}
             checkpointer.end_epoch(epoch, segmenter_checkpoint(model, cfg, class_names, metrics=last_metrics,
-                                                               **training_state), score, row)
+                                                               **training_state()), score, row)
         d.barrier()
     return {"best": checkpointer.best, "epochs": t.epochs, "out_dir": out_dir, "last": last_metrics}

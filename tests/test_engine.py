@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from headseg.engine import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from headseg.engine import EpochSampler, SeededSamples, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from tests.conftest import TINY_SEG
 from tools import train_seg
 
@@ -152,3 +152,73 @@ def test_non_finite_loss_on_one_process_stops_every_process(tmp_path: Path) -> N
     for rank, (out, err) in enumerate(outs):
         assert "stopped:" in out and "epoch 1, step 2" in out, (rank, out, err[-2000:])
     assert "on this process" in outs[1][0] and "on this process" not in outs[0][0]
+
+
+# ----------------------------------------------------------------------------- data order
+
+
+class _Noisy(torch.utils.data.Dataset):
+    """Each item is its index plus a draw from torch's global generator, as augmentation does."""
+
+    def __len__(self) -> int:
+        return 10
+
+    def __getitem__(self, index: int) -> tuple[int, float]:
+        return index, torch.rand(1).item()
+
+
+def _epoch(workers: int, start: int = 0, rank: int = 0, world_size: int = 1) -> list[tuple[int, float]]:
+    loader = torch.utils.data.DataLoader(SeededSamples(_Noisy()), batch_size=3, num_workers=workers,
+                                         sampler=EpochSampler(10, 0, 1, start, rank, world_size),
+                                         collate_fn=lambda batch: batch, generator=torch.Generator())
+    return [item for batch in loader for item in batch]
+
+
+def test_epoch_order_and_augmentation_depend_only_on_seed_epoch_and_position() -> None:
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    one = _epoch(workers=0)
+    assert torch.equal(torch.get_rng_state(), before)  # the caller's generator is left alone
+    assert sorted(i for i, _ in one) == list(range(10))
+    assert _epoch(workers=2) == one  # whichever worker loads a sample, it is drawn the same
+    assert _epoch(workers=0, start=4) == one[4:]  # a resumed epoch sees exactly the rest
+    assert [i for i, _ in EpochSampler(10, 0, 2)] != [i for i, _ in one]  # each epoch its own order
+    shards = [_epoch(workers=0, rank=r, world_size=3) for r in range(3)]
+    assert all(len(s) == 4 for s in shards)  # 10 padded to 12, as DistributedSampler pads
+    assert {i for s in shards for i, _ in s} == set(range(10))
+    assert shards[0][0] == one[0] and shards[1][0] == one[1]  # the same positions, shared out
+
+
+def test_a_mid_epoch_checkpoint_resumes_as_if_never_stopped(synthetic_data: dict, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    import headseg.engine as engine
+
+    def args(out: Path, *extra: str) -> list[str]:
+        return _seg_args(synthetic_data, out, "train.epochs=2", "train.max_iters=4", *extra)
+
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    train_seg.main(train_seg.parse_args(args(straight, "train.checkpoint_minutes=0")))
+
+    real_save = engine.save_checkpoint
+
+    def save_then_die(path, state):
+        real_save(path, state)
+        if state.get("partial", {}).get("epoch") == 1 and state["partial"]["step"] == 2:
+            raise KeyboardInterrupt("killed in the second epoch, right after the checkpoint of its step 2")
+
+    monkeypatch.setattr(engine, "save_checkpoint", save_then_die)
+    every_step = "train.checkpoint_minutes=1e-9"
+    with pytest.raises(KeyboardInterrupt):
+        train_seg.main(train_seg.parse_args(args(killed, every_step)))
+    monkeypatch.setattr(engine, "save_checkpoint", real_save)
+    saved = load_checkpoint(killed / "last.pt", "segmenter")
+    assert saved["epoch"] == 0 and saved["partial"]["step"] == 2  # the last finished epoch is still 0
+    train_seg.main(train_seg.parse_args(args(killed, every_step, "--resume")))
+
+    a, b = load_checkpoint(straight / "last.pt", "segmenter"), load_checkpoint(killed / "last.pt", "segmenter")
+    assert a["epoch"] == b["epoch"] == 1 and "partial" not in b
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    rows_a, rows_b = (list(csv.DictReader((d / "metrics.csv").open())) for d in (straight, killed))
+    assert len(rows_b) == 2  # one row per epoch, the interrupted one once
+    assert [r["loss"] for r in rows_a] == [r["loss"] for r in rows_b]  # epoch means over every step
