@@ -432,7 +432,8 @@ def train_one_epoch(model: nn.Module, loader: Iterable[Any], optimizer: torch.op
             log.info("%s step %d/%d: loss %.4f (epoch mean), lr %.4g, %.2f samples/s",
                      desc or f"epoch {epoch + 1}/{epochs}", done, steps, sums["loss"] / done,
                      optimizer.param_groups[0]["lr"], samples / max(now - t0, 1e-6))
-        if save_partial is not None and save_every > 0 and now - last_save >= save_every and done < steps:
+        if (save_partial is not None and distributed.is_main and save_every > 0 and now - last_save >= save_every
+                and done < steps):
             save_partial({"epoch": epoch, "step": done, "sums": dict(sums), "samples": samples,
                           "seconds": now - t0})
             last_save = time.time()

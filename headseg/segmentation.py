@@ -574,10 +574,10 @@ def train_segmenter(cfg: SegConfig, out_dir: str | Path, resume: bool = False,
     """Train a head segmenter; the loop behind ``tools/train_seg.py``.
 
     The stage's model, data and loss; the epoch loop, checkpoints and logs are
-    :mod:`headseg.engine`'s. Writes to ``out_dir``: ``last.pt`` (every epoch, atomically, with
-    optimizer state for ``--resume``), ``best.pt`` (best val ``train.select_metric``; without
-    ``data.val_json`` the lowest training loss), ``metrics.csv``, ``curves.png`` and
-    ``config.yaml``. Under ``torchrun`` it trains data-parallel (DDP).
+    :mod:`headseg.engine`'s. Writes to ``out_dir``: ``last.pt`` (every epoch and every
+    ``train.checkpoint_minutes`` within one, atomically, with optimizer state for ``--resume``),
+    ``best.pt`` (best val ``train.select_metric``; without ``data.val_json`` the lowest training
+    loss), ``metrics.csv``, ``curves.png`` and ``config.yaml``. Under ``torchrun`` it trains data-parallel (DDP).
 
     Returns:
         ``{"best": best metric value, "epochs": epochs run, "out_dir": Path, "last": metrics}``.
