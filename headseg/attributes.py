@@ -31,6 +31,17 @@ import torch.nn.functional as F
 MISSING = -1  # target of an attribute the crop's source does not label
 
 
+def column_name(attribute: str, value: str, attributes: int) -> str:
+    """A classifier column's name: the bare value when there is one attribute (as a one-softmax
+    classifier always had: ``with_mask``), else ``attribute/value``.
+
+    Args:
+        attribute, value: The column's attribute and value.
+        attributes: How many attributes the classifier has.
+    """
+    return value if attributes == 1 else f"{attribute}/{value}"
+
+
 @dataclass(frozen=True, eq=False)
 class AttributeSchema:
     """Attributes, their values, and how each source's categories map onto them.
@@ -112,13 +123,11 @@ class AttributeSchema:
         A single-attribute schema names its columns by the bare values, as a one-softmax
         classifier always has (``with_mask``, not ``label/with_mask``).
         """
-        if len(self.attributes) == 1:
-            return list(next(iter(self.attributes.values())))
-        return [f"{a}/{v}" for a, values in self.attributes.items() for v in values]
+        return [self.column_name(a, v) for a, values in self.attributes.items() for v in values]
 
     def column_name(self, attribute: str, value: str) -> str:
         """The output column's name of ``value`` of ``attribute`` (see :attr:`column_names`)."""
-        return value if len(self.attributes) == 1 else f"{attribute}/{value}"
+        return column_name(attribute, value, len(self.attributes))
 
     def split(self, columns: torch.Tensor) -> dict[str, torch.Tensor]:
         """``(N, sum of values)`` logits or probabilities -> attribute -> ``(N, values)`` views."""
@@ -222,15 +231,13 @@ class AttributePrediction:
 
 
 def attribute_columns(values: Mapping[str, str]) -> list[str]:
-    """A head's attribute values as classifier columns: the value itself with one attribute,
-    ``attribute/value`` with several (as ``probs``, COCO category names and summary counts have them).
+    """A head's attribute values as classifier columns (:func:`column_name`), as ``probs``, COCO
+    category names and summary counts have them.
 
     Args:
-        values: Attribute -> its predicted value, in the classifier's attribute order.
+        values: Attribute -> its predicted value, one entry per attribute of the classifier.
     """
-    if len(values) == 1:
-        return list(values.values())
-    return [f"{a}/{v}" for a, v in values.items()]
+    return [column_name(a, v, len(values)) for a, v in values.items()]
 
 
 def attribute_softmax(logits: torch.Tensor, schema: AttributeSchema) -> torch.Tensor:

@@ -519,6 +519,11 @@ class Checkpointer:
         """Whether an epoch scoring ``score`` (and ``tie``) would become ``best.pt``."""
         return score > self.best or (tie is not None and score == self.best and tie < self.best_tie)
 
+    def _with_run_state(self, checkpoint: dict[str, Any], epoch: int) -> dict[str, Any]:
+        """``checkpoint`` plus what ``--resume`` restores: last finished epoch, best so far, generators."""
+        return {**checkpoint, "epoch": epoch, "best": self.best, "best_tie": self.best_tie,
+                "best_epoch": self.best_epoch, "rng": rng_state()}
+
     def save_partial(self, checkpoint: dict[str, Any], progress: dict[str, Any]) -> None:
         """``last.pt`` within an epoch: weights and training state after ``progress["step"]`` steps.
 
@@ -527,9 +532,8 @@ class Checkpointer:
         ``metrics.csv`` change only at the end of an epoch.
         """
         if self.distributed.is_main:
-            meta = {"epoch": progress["epoch"] - 1, "best": self.best, "best_tie": self.best_tie,
-                    "best_epoch": self.best_epoch}
-            save_checkpoint(self.last_path, {**checkpoint, **meta, "rng": rng_state(), "partial": progress})
+            save_checkpoint(self.last_path, {**self._with_run_state(checkpoint, progress["epoch"] - 1),
+                                             "partial": progress})
             log.info("checkpoint in epoch %d after step %d: %s", progress["epoch"] + 1, progress["step"],
                      self.last_path)
 
@@ -553,8 +557,7 @@ class Checkpointer:
             self.best, self.best_epoch = score, epoch
             self.best_tie = tie if tie is not None else math.inf
         if self.distributed.is_main:
-            meta = {"epoch": epoch, "best": self.best, "best_tie": self.best_tie, "best_epoch": self.best_epoch}
-            full = {**checkpoint, **meta, "rng": rng_state()}
+            full = self._with_run_state(checkpoint, epoch)
             if improved:
                 save_checkpoint(self.best_path, {k: v for k, v in full.items() if k not in TRAINING_STATE})
             save_checkpoint(self.last_path, full)

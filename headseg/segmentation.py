@@ -651,6 +651,7 @@ def train_segmenter(cfg: SegConfig, out_dir: str | Path, resume: bool = False,
             torch.manual_seed(t.seed * 1000 + epoch)
         sampler = EpochSampler(len(dataset), t.seed, epoch, (partial or {}).get("step", 0) * t.batch_size,
                                d.rank, d.world_size)
+        # The loader's own generator: the workers' base seed must not draw from the main stream.
         loader = torch.utils.data.DataLoader(
             SeededSamples(dataset), batch_size=t.batch_size, sampler=sampler, num_workers=cfg.data.workers,
             collate_fn=collate, generator=torch.Generator().manual_seed(t.seed), persistent_workers=False)
