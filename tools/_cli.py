@@ -42,6 +42,17 @@ def load_pipeline(args: argparse.Namespace, **kwargs: Any) -> Any:
     return load(args.seg, args.cls, args.model, args.device, **kwargs)
 
 
+def add_train_args(parser: argparse.ArgumentParser, configs: str, example: str) -> None:
+    """What both training tools take: ``--config`` (``configs``, e.g. ``configs/seg_*.yaml``),
+    ``--set`` overrides (``example`` shows two), ``--out``, ``--resume``, ``--device``, ``--no-progress``."""
+    parser.add_argument("--config", type=Path, help=f"YAML file ({configs})")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help=f"overrides, e.g. {example}")
+    parser.add_argument("--out", type=Path, required=True, help="run folder for checkpoints and logs")
+    parser.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    parser.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
+
+
 def add_model_args(parser: argparse.ArgumentParser) -> None:
     """``--seg``/``--cls`` (trained checkpoints) or ``--model`` (a bundled one), as :func:`load_pipeline` reads them."""
     from headseg.pipeline import DEFAULT_MODEL, PRETRAINED  # noqa: PLC0415

@@ -26,19 +26,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from headseg.config import SegConfig, load_config  # noqa: E402
 from headseg.segmentation import train_segmenter  # noqa: E402
-from tools._cli import run  # noqa: E402
+from tools._cli import add_train_args, run  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", type=Path, help="YAML file (configs/seg_*.yaml)")
-    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                        help="overrides, e.g. train.lr=0.01 model.min_size=512")
-    parser.add_argument("--out", type=Path, required=True, help="run folder for checkpoints and logs")
-    parser.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
-    parser.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
+    add_train_args(parser, "configs/seg_*.yaml", "train.lr=0.01 model.min_size=512")
     return parser.parse_args(argv)
 
 
