@@ -342,7 +342,7 @@ def normalize(crops: torch.Tensor, mean: Sequence[float] = IMAGENET_MEAN,
 
 @torch.inference_mode()
 def predict_probs(model: nn.Module, crops_normalized: torch.Tensor, batch_size: int = 256,
-                  schema: AttributeSchema | None = None) -> torch.Tensor:
+                  schema: AttributeSchema | None = None, flip: bool = False) -> torch.Tensor:
     """Class probabilities of normalised crops, in batches, in eval mode.
 
     Args:
@@ -351,6 +351,8 @@ def predict_probs(model: nn.Module, crops_normalized: torch.Tensor, batch_size: 
         batch_size: Crops per forward pass.
         schema: The classifier's attributes (``Classifier.schema``): one softmax per attribute
             (:func:`headseg.attributes.attribute_softmax`); None: one softmax over all ``K``.
+        flip: Average each crop's probabilities with its mirror image's (test-time flip,
+            :func:`flip_averaged`).
 
     Returns:
         ``(N, K)`` float32 on the CPU, each attribute's columns summing to 1; ``(0, K)`` when
@@ -362,12 +364,21 @@ def predict_probs(model: nn.Module, crops_normalized: torch.Tensor, batch_size: 
     modes = [(m, m.training) for m in model.modules()]
     model.eval()
     try:
-        out = [attribute_softmax(model(crops_normalized[i:i + batch_size].to(device)), schema).cpu()
+        out = [flip_averaged(model, crops_normalized[i:i + batch_size].to(device), schema, flip).cpu()
                for i in range(0, crops_normalized.shape[0], batch_size)]
     finally:
         for m, training in modes:
             m.training = training
     return torch.cat(out) if out else torch.empty((0, _num_classes(model)))
+
+
+def flip_averaged(model: nn.Module, x: torch.Tensor, schema: AttributeSchema, flip: bool) -> torch.Tensor:
+    """``(N, K)`` attribute probabilities of a normalised batch; with ``flip``, the mean of the
+    crops' and their mirror images' (heads are left/right symmetric, and training flips them)."""
+    if not flip:
+        return attribute_softmax(model(x), schema)
+    both = attribute_softmax(model(torch.cat([x, x.flip(-1)])), schema)
+    return (both[:len(x)] + both[len(x):]) / 2
 
 
 # ----------------------------------------------------------------------------- data
@@ -403,7 +414,7 @@ class IndexPredictions:
 
 def predict_index(model: nn.Module, index_csv: str | Path, schema: AttributeSchema, prep: ClsPreprocessing,
                   source: str | None = None, device: str | torch.device = "cpu", batch_size: int = 128,
-                  progress: bool = True) -> IndexPredictions:
+                  progress: bool = True, flip: bool = False) -> IndexPredictions:
     """Probabilities for every crop of an index (crop rules checked against ``prep``).
 
     Args:
@@ -413,7 +424,7 @@ def predict_index(model: nn.Module, index_csv: str | Path, schema: AttributeSche
         prep: Its preprocessing record.
         source: The schema source that labelled the crop set; None: the one source whose
             categories cover the index's labels (a single-attribute classifier's own classes).
-        device, batch_size, progress: How to run.
+        device, batch_size, progress, flip: How to run (``flip``: :func:`predict_probs`).
 
     Raises:
         ValueError: crops cut with other rules, or labels no (or more than one) source maps.
@@ -422,7 +433,7 @@ def predict_index(model: nn.Module, index_csv: str | Path, schema: AttributeSche
     source = source or schema.source_of(sorted({r["label"] for r in CropIndexDataset(index_csv).rows}))
     dataset = AttributeCropDataset({source: index_csv}, schema)
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
-    probs = [predict_probs(model, normalize(x.to(device), prep.mean, prep.std), batch_size, schema)
+    probs = [predict_probs(model, normalize(x.to(device), prep.mean, prep.std), batch_size, schema, flip)
              for x, _ in tqdm(loader, desc="predict", disable=not progress, leave=False)]
     return IndexPredictions([dataset.path(i) for i in range(len(dataset))], dataset.targets,
                             torch.cat(probs) if probs else torch.empty((0, len(schema.column_names))),

@@ -314,6 +314,10 @@ def test_end_to_end_evaluation_per_attribute(seg_path: Path, trained: Path, data
     hats = eval_pipeline.main(eval_pipeline.parse_args(
         [str(data["hats"]["val"]), "--seg", str(seg_path), "--cls", str(trained / "best.pt"), "--source", "hats"]))
     assert "two_stage/headwear/bbox/AP50/helmet" in hats and not any("/face_mask/" in k for k in hats)
+    flipped = eval_pipeline.main(eval_pipeline.parse_args(
+        [str(data["hats"]["val"]), "--seg", str(seg_path), "--cls", str(trained / "best.pt"), "--source", "hats",
+         "--flip"]))
+    assert flipped.keys() == hats.keys() and 0.0 <= flipped["two_stage/headwear/bbox/AP50"] <= 1.0
 
 
 def test_attribute_evaluation_scores_a_perfect_system_one() -> None:

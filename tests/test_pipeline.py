@@ -397,6 +397,33 @@ def test_classifier_batchnorm_folding_keeps_outputs(checkpoints: tuple[Path, Pat
     assert _fold_batchnorm(untraceable) is not untraceable
 
 
+def test_test_time_flip_averages_each_head_crop_with_its_mirror_image(checkpoints: tuple[Path, Path]) -> None:
+    plain = HeadwearPipeline.from_checkpoint(*checkpoints, score_thresh=0.0)
+    flipped = HeadwearPipeline.from_checkpoint(*checkpoints, score_thresh=0.0, flip=True)
+    mirrored = HeadwearPipeline.from_checkpoint(*checkpoints, score_thresh=0.0)
+
+    class Mirror(torch.nn.Module):
+        def __init__(self, model: torch.nn.Module) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.model(x.flip(-1))
+
+    # An untrained MobileNetV2 gives the same output whatever the input; this classifier sees position.
+    torch.manual_seed(0)
+    plain.classifier = flipped.classifier = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 3))
+    mirrored.classifier = Mirror(plain.classifier)
+    image = _image(3)
+    a, b, c = plain(image), flipped(image), mirrored(image)
+    assert len(a) == len(b) > 0
+    for ha, hb, hc in zip(a.heads, b.heads, c.heads):
+        assert hb.box_xyxy == ha.box_xyxy and hb.score == ha.score  # stage 1 is untouched
+        for k in CLASSES:
+            assert hb.probs[k] == pytest.approx((ha.probs[k] + hc.probs[k]) / 2, abs=1e-5)
+    assert any(hb.probs != ha.probs for ha, hb in zip(a.heads, b.heads))
+
+
 def test_unfoldable_classifier_is_copied_not_changed() -> None:
     """The fallback for a model torch.fx cannot trace still works on a copy."""
     from headseg.pipeline import _fold_batchnorm

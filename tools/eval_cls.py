@@ -37,7 +37,7 @@ from headseg.evaluation import (  # noqa: E402
     write_attribute_reports,
 )
 from headseg.io import write_json  # noqa: E402
-from tools._cli import run  # noqa: E402
+from tools._cli import add_flip_arg, run  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -49,6 +49,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--source", help="schema source that labelled the crops (default: inferred)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda")
     parser.add_argument("--batch-size", type=int, default=128)
+    add_flip_arg(parser)
     parser.add_argument("--max-mistakes", type=int, default=24, help="crops in the mistakes gallery")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser.parse_args(argv)
@@ -59,7 +60,7 @@ def main(args: argparse.Namespace) -> dict[str, float]:
     clf = Classifier.load(args.checkpoint, args.device)
     schema = clf.schema
     result = predict_index(clf.model, args.index, schema, clf.preprocessing, args.source, args.device,
-                           args.batch_size, progress=not args.no_progress)
+                           args.batch_size, progress=not args.no_progress, flip=args.flip)
     metrics, matrices = attribute_metrics(result.targets, result.probs, schema)
     metrics["num_crops"] = float(len(result.paths))
 

@@ -53,7 +53,7 @@ from headseg.evaluation import (  # noqa: E402
 from headseg.io import read_image, write_json  # noqa: E402
 from headseg.pipeline import HeadwearPipeline, predict_coco  # noqa: E402
 from headseg.segmentation import evaluate_segmenter, load_segmenter  # noqa: E402
-from tools._cli import add_head_rule_arg, head_rule, run  # noqa: E402
+from tools._cli import add_flip_arg, add_head_rule_arg, head_rule, run  # noqa: E402
 
 KEYS = ("bbox/AP", "bbox/AP50", "bbox/AP75", "bbox/APs", "op_thresh", "precision", "recall", "f1",
         "f1_best_thresh")
@@ -79,6 +79,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seg-set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="inference fields of both segmenters (two-stage and single-stage), "
                              "e.g. min_size=640 rpn_post_nms_top_n_test=1000")
+    add_flip_arg(parser)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", type=Path, help="flat metrics JSON")
     return parser.parse_args(argv)
@@ -110,7 +111,8 @@ def main(args: argparse.Namespace) -> dict[str, float]:
     coco = load_coco(args.annotations)
     # A low threshold lets AP see the whole precision/recall curve.
     seg_overrides = parse_overrides(args.seg_set)
-    pipe = HeadwearPipeline.from_checkpoint(args.seg, args.cls, args.device, seg_overrides, score_thresh=0.05)
+    pipe = HeadwearPipeline.from_checkpoint(args.seg, args.cls, args.device, seg_overrides, score_thresh=0.05,
+                                            flip=args.flip)
     schema = pipe.schema
     gt = attribute_ground_truth(coco.dataset, schema, args.source or schema.source_of(coco.class_names),
                                 head_rule(args) if args.gt_faces else None)
