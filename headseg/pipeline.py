@@ -56,6 +56,9 @@ DEFAULT_MODEL = "default"
 # (docs/RESULTS.md): the default's maximises the mean end-to-end F1 of its two attributes on hhw
 # val (headwear) and facemask val (face_mask); facemask's is the long-standing 0.5.
 OPERATING_THRESH = {"default": 0.95, "hhw": 0.95, "facemask": 0.5}
+# Whether each bundled model classifies a head crop and its mirror image (``flip``), chosen on
+# val (docs/RESULTS.md, "Test-time flip"); the face model predates the option and keeps without.
+OPERATING_FLIP = {"default": True, "hhw": True, "facemask": False}
 # A trained pair's default score threshold where none is asked for (its checkpoints keep COCO
 # evaluation's 0.05, far too low to show).
 CHECKPOINT_THRESH = 0.5
@@ -462,7 +465,8 @@ class HeadwearPipeline:
         max_side: Larger inputs are shrunk to this long side before both stages (the segmenter
             shrinks them anyway) and results scaled back, so memory stays bounded.
         flip: Classify each head crop and its mirror image and average the probabilities
-            (test-time flip): twice the classifier's work, a small gain on val (docs/RESULTS.md).
+            (test-time flip): twice the classifier's work, a gain on val (docs/RESULTS.md). The
+            bundled default turns it on (:meth:`from_pretrained`, :data:`OPERATING_FLIP`).
     """
 
     def __init__(self, segmenter: Segmenter, classifier: Classifier, device: str | torch.device = "cpu",
@@ -543,7 +547,8 @@ class HeadwearPipeline:
 
         The checkpoints keep COCO evaluation's low ``box_score_thresh`` (0.05), so the default
         score threshold here is the model's operating point (:data:`OPERATING_THRESH`) unless
-        ``score_thresh`` (not None) or a ``box_score_thresh`` override is given.
+        ``score_thresh`` (not None) or a ``box_score_thresh`` override is given; likewise
+        ``flip`` (None or not given: :data:`OPERATING_FLIP`).
         """
         if model not in PRETRAINED:
             raise ValueError(f"no bundled model {model!r}; the bundled models are {sorted(PRETRAINED)}")
@@ -551,6 +556,8 @@ class HeadwearPipeline:
             raise ValueError(f"{device!r} is a bundled model, not a device: from_pretrained(model={device!r})")
         if kwargs.get("score_thresh") is None and "box_score_thresh" not in (kwargs.get("seg_overrides") or {}):
             kwargs["score_thresh"] = OPERATING_THRESH[model]
+        if kwargs.get("flip") is None:
+            kwargs["flip"] = OPERATING_FLIP[model]
         seg, clf = (ASSETS / name for name in PRETRAINED[model])
         for path in (seg, clf):
             if not path.is_file():
@@ -713,11 +720,14 @@ def load_pipeline(seg: str | Path | None, cls: str | Path | None, model: str | N
                   device: str | torch.device | None = None, **kwargs: Any) -> HeadwearPipeline:
     """Trained checkpoints (``seg`` and ``cls``) or, without them, the bundled ``model``, as the
     command lines and the Ray actors load a pipeline. ``score_thresh=None`` means the bundled
-    model's operating point (:data:`OPERATING_THRESH`) or :data:`CHECKPOINT_THRESH` for checkpoints.
+    model's operating point (:data:`OPERATING_THRESH`) or :data:`CHECKPOINT_THRESH` for checkpoints;
+    ``flip=None`` the bundled model's :data:`OPERATING_FLIP`, or no flip for checkpoints.
     """
     if seg and cls:
         if "score_thresh" in kwargs and kwargs["score_thresh"] is None:
             kwargs["score_thresh"] = CHECKPOINT_THRESH
+        if "flip" in kwargs and kwargs["flip"] is None:
+            kwargs["flip"] = False
         return HeadwearPipeline.from_checkpoint(seg, cls, device, **kwargs)
     return HeadwearPipeline.from_pretrained(device, model=model or DEFAULT_MODEL, **kwargs)
 

@@ -284,11 +284,11 @@ HHW_TEST = Path(__file__).resolve().parents[2] / "shared" / "data" / "hhw" / "te
 
 
 def test_bundled_models_by_name_and_unknown_names() -> None:
-    from headseg.pipeline import OPERATING_THRESH
+    from headseg.pipeline import OPERATING_FLIP, OPERATING_THRESH, load_pipeline
 
     pipe = HeadwearPipeline.from_pretrained(device="cpu", model="facemask")
     assert pipe.class_names == ["with_mask", "without_mask", "mask_weared_incorrect"]
-    assert pipe.score_thresh == OPERATING_THRESH["facemask"]
+    assert pipe.score_thresh == OPERATING_THRESH["facemask"] and pipe.flip is OPERATING_FLIP["facemask"] is False
     # "hhw", the hard-hat model's former name, is the default now
     pipe = HeadwearPipeline.from_pretrained(device="cpu", model="hhw")
     assert list(pipe.schema.attributes) == ["headwear", "face_mask"]
@@ -296,6 +296,10 @@ def test_bundled_models_by_name_and_unknown_names() -> None:
     default = HeadwearPipeline.from_pretrained(device="cpu", model="hhw", score_thresh=None).score_thresh
     assert default == OPERATING_THRESH["hhw"]
     assert HeadwearPipeline.from_pretrained(device="cpu", model="hhw", score_thresh=0.9).score_thresh == 0.9
+    # the test-time flip likewise: the model's own choice unless asked (the command lines' --flip/--no-flip)
+    assert pipe.flip is OPERATING_FLIP["hhw"] is True
+    assert load_pipeline(None, None, "default", "cpu", flip=None).flip is True
+    assert HeadwearPipeline.from_pretrained(device="cpu", flip=False).flip is False
     with pytest.raises(ValueError, match="no bundled model 'cpu'.*default.*facemask.*hhw"):
         HeadwearPipeline.from_pretrained(model="cpu")
     with pytest.raises(ValueError, match="is a bundled model, not a device"):
@@ -422,6 +426,10 @@ def test_test_time_flip_averages_each_head_crop_with_its_mirror_image(checkpoint
         for k in CLASSES:
             assert hb.probs[k] == pytest.approx((ha.probs[k] + hc.probs[k]) / 2, abs=1e-5)
     assert any(hb.probs != ha.probs for ha, hb in zip(a.heads, b.heads))
+    # checkpoints run without the flip unless asked; the command lines leave it to the model
+    from headseg.pipeline import load_pipeline
+    assert load_pipeline(*checkpoints, flip=None).flip is False
+    assert [predict.parse_args(["x", "--out", "o", *f]).flip for f in ([], ["--flip"], ["--no-flip"])] == [None, True, False]
 
 
 def test_unfoldable_classifier_is_copied_not_changed() -> None:

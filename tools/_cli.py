@@ -65,10 +65,12 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
 
 
 def add_flip_arg(parser: argparse.ArgumentParser) -> None:
-    """``--flip``: the classifier's test-time flip (``HeadwearPipeline``'s ``flip``)."""
-    parser.add_argument("--flip", action="store_true",
+    """``--flip``/``--no-flip``: the classifier's test-time flip (``HeadwearPipeline``'s ``flip``);
+    None when neither is given: the bundled model's own choice, none for checkpoints."""
+    parser.add_argument("--flip", action=argparse.BooleanOptionalAction,
                         help="classify each head crop and its mirror image, average the probabilities "
-                             "(twice the classifier's work; docs/RESULTS.md)")
+                             "(twice the classifier's work; default: on for the bundled default model, "
+                             "off for checkpoints; docs/RESULTS.md)")
 
 
 def add_tracker_args(parser: argparse.ArgumentParser) -> None:

@@ -60,7 +60,7 @@ def main(args: argparse.Namespace) -> dict[str, float]:
     clf = Classifier.load(args.checkpoint, args.device)
     schema = clf.schema
     result = predict_index(clf.model, args.index, schema, clf.preprocessing, args.source, args.device,
-                           args.batch_size, progress=not args.no_progress, flip=args.flip)
+                           args.batch_size, progress=not args.no_progress, flip=bool(args.flip))
     metrics, matrices = attribute_metrics(result.targets, result.probs, schema)
     metrics["num_crops"] = float(len(result.paths))
 

@@ -112,7 +112,7 @@ def main(args: argparse.Namespace) -> dict[str, float]:
     # A low threshold lets AP see the whole precision/recall curve.
     seg_overrides = parse_overrides(args.seg_set)
     pipe = HeadwearPipeline.from_checkpoint(args.seg, args.cls, args.device, seg_overrides, score_thresh=0.05,
-                                            flip=args.flip)
+                                            flip=bool(args.flip))
     schema = pipe.schema
     gt = attribute_ground_truth(coco.dataset, schema, args.source or schema.source_of(coco.class_names),
                                 head_rule(args) if args.gt_faces else None)
