@@ -138,6 +138,8 @@ def test_normalize_and_predict_probs_shapes() -> None:
     assert predict_probs(model, torch.empty(0, 3, 32, 32)).shape == (0, 4)
     with pytest.raises(ValueError, match=r"expected \(N, 3, S, S\)"):
         normalize(torch.rand(3, 32, 32))
+    with pytest.raises(TypeError, match="divide uint8 by 255"):
+        normalize(torch.zeros(1, 3, 8, 8, dtype=torch.uint8))
 
 
 def test_test_time_flip_averages_a_crop_and_its_mirror_image() -> None:
@@ -151,8 +153,6 @@ def test_test_time_flip_averages_a_crop_and_its_mirror_image() -> None:
     assert not torch.allclose(flipped, plain, atol=1e-4)  # the untrained model is not symmetric
     symmetric = torch.cat([x[..., :16], x[..., :16].flip(-1)], dim=-1)
     assert torch.allclose(predict_probs(model, symmetric, flip=True), predict_probs(model, symmetric), atol=1e-6)
-    with pytest.raises(TypeError, match="divide uint8 by 255"):
-        normalize(torch.zeros(1, 3, 8, 8, dtype=torch.uint8))
 
 
 # ----------------------------------------------------------------------------- crop sets

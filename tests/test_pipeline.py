@@ -402,6 +402,8 @@ def test_classifier_batchnorm_folding_keeps_outputs(checkpoints: tuple[Path, Pat
 
 
 def test_test_time_flip_averages_each_head_crop_with_its_mirror_image(checkpoints: tuple[Path, Path]) -> None:
+    from headseg.pipeline import load_pipeline
+
     plain = HeadwearPipeline.from_checkpoint(*checkpoints, score_thresh=0.0)
     flipped = HeadwearPipeline.from_checkpoint(*checkpoints, score_thresh=0.0, flip=True)
     mirrored = HeadwearPipeline.from_checkpoint(*checkpoints, score_thresh=0.0)
@@ -427,9 +429,9 @@ def test_test_time_flip_averages_each_head_crop_with_its_mirror_image(checkpoint
             assert hb.probs[k] == pytest.approx((ha.probs[k] + hc.probs[k]) / 2, abs=1e-5)
     assert any(hb.probs != ha.probs for ha, hb in zip(a.heads, b.heads))
     # checkpoints run without the flip unless asked; the command lines leave it to the model
-    from headseg.pipeline import load_pipeline
     assert load_pipeline(*checkpoints, flip=None).flip is False
-    assert [predict.parse_args(["x", "--out", "o", *f]).flip for f in ([], ["--flip"], ["--no-flip"])] == [None, True, False]
+    flags = [predict.parse_args(["x", "--out", "o", *f]).flip for f in ([], ["--flip"], ["--no-flip"])]
+    assert flags == [None, True, False]
 
 
 def test_unfoldable_classifier_is_copied_not_changed() -> None:
