@@ -299,31 +299,42 @@ def masked_attribute_losses(logits: Mapping[str, torch.Tensor], targets: torch.T
     return losses
 
 
-def balanced_sample_weights(targets: torch.Tensor) -> torch.Tensor:
+def balanced_sample_weights(targets: torch.Tensor, crop_weights: torch.Tensor | None = None) -> torch.Tensor:
     """Per-crop sampling weights so every attribute's rare values are seen.
 
-    Each labelled (attribute, value) pair gets weight ``1 / its count``; a crop takes the
-    largest weight among its labels, so a crop of a rare value is drawn as often as any
+    Each labelled (attribute, value) pair gets a total weight of 1, shared by its crops in
+    proportion to ``crop_weights`` (equally by default: ``1 / its count`` each); a crop takes
+    the largest weight among its labels, so a crop of a rare value is drawn as often as any
     crop of a common value of the same attribute, whichever source it comes from. Every
     attribute's total weight is then its number of values, so attributes with more values
     (and their sources) are drawn in proportion to that, not to their crop counts.
 
     Args:
         targets: ``(N, A)`` int64 with ``-1`` for missing labels.
+        crop_weights: ``(N,)`` relative weights of crops within the values they label (a crop
+            set's ``weight`` in ``data.sources``); they move draws between the crops of one
+            value, never between values. None: all 1.
 
     Returns:
         ``(N,)`` float64 weights for ``torch.utils.data.WeightedRandomSampler``; a crop with
         no label at all gets 0.
     """
-    weights = torch.zeros(targets.shape[0], dtype=torch.float64)
+    share = torch.ones(targets.shape[0], dtype=torch.float64)
+    if crop_weights is not None:
+        if crop_weights.shape != share.shape or (crop_weights <= 0).any():
+            raise ValueError(f"crop_weights of shape {tuple(crop_weights.shape)} for {targets.shape[0]} crops; "
+                             "expected one positive weight per crop")
+        share = crop_weights.to(torch.float64)
+    weights = torch.zeros_like(share)
     for a in range(targets.shape[1]):
         column = targets[:, a]
         labelled = column != MISSING
         if not labelled.any():
             continue
-        counts = torch.bincount(column[labelled])
+        totals = torch.zeros(int(column[labelled].max()) + 1, dtype=torch.float64)
+        totals.index_add_(0, column[labelled], share[labelled])
         w = torch.zeros_like(weights)
-        w[labelled] = 1.0 / counts[column[labelled]].double()
+        w[labelled] = share[labelled] / totals[column[labelled]]
         weights = torch.maximum(weights, w)
     return weights
 

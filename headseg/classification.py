@@ -482,6 +482,31 @@ def _make_optimizer(model: nn.Module, cfg: ClsConfig, phase: str) -> torch.optim
     return torch.optim.Adam(params, lr=lr, weight_decay=t.weight_decay)
 
 
+def _sample_weights(dataset: AttributeCropDataset, cfg: ClsConfig) -> torch.Tensor:
+    """The sampler's per-crop weights: balanced values, crop sets weighted by their ``weight``."""
+    crop_weights = None
+    if cfg.data.sources:  # the dataset holds one run of crops per entry, in their order
+        crop_weights = torch.repeat_interleave(torch.tensor([s.weight for s in cfg.data.sources]),
+                                               torch.tensor([len(ds) for _, ds in dataset.sets]))
+    return balanced_sample_weights(dataset.targets, crop_weights)
+
+
+def draw_shares(dataset: AttributeCropDataset, cfg: ClsConfig) -> dict[str, dict[str, float]]:
+    """``attribute/value`` -> crop set (``source:its folder``) -> its share of the value's draws."""
+    weights = _sample_weights(dataset, cfg)
+    names = [f"{name}:{Path(ds.index_csv).parent}" for name, ds in dataset.sets]
+    entry = torch.repeat_interleave(torch.arange(len(names)), torch.tensor([len(ds) for _, ds in dataset.sets]))
+    out = {}
+    for a, (attribute, values) in enumerate(dataset.schema.attributes.items()):
+        for v, value in enumerate(values):
+            held = dataset.targets[:, a] == v
+            total = float(weights[held].sum())
+            if total > 0:
+                out[f"{attribute}/{value}"] = {names[e]: round(float(weights[held & (entry == e)].sum()) / total, 3)
+                                               for e in entry[held].unique().tolist()}
+    return out
+
+
 def _loader(dataset: AttributeCropDataset, cfg: ClsConfig, epoch: int, train: bool) -> torch.utils.data.DataLoader:
     t = cfg.train
     # Order and augmentation depend only on (seed, epoch), so a resumed run sees the same batches.
@@ -489,8 +514,9 @@ def _loader(dataset: AttributeCropDataset, cfg: ClsConfig, epoch: int, train: bo
     sampler: torch.utils.data.Sampler | None = None
     if train and cfg.data.balance == "sampler":
         # Every value of every attribute drawn equally often, whichever crop set holds it; with
-        # one attribute, each crop's weight is 1 / its class's count.
-        sampler = torch.utils.data.WeightedRandomSampler(balanced_sample_weights(dataset.targets), len(dataset),
+        # one attribute, each crop's weight is 1 / its class's count. Within a value, crop sets
+        # share its draws by their crop counts times their `weight`.
+        sampler = torch.utils.data.WeightedRandomSampler(_sample_weights(dataset, cfg), len(dataset),
                                                          replacement=True, generator=generator)
     elif train:
         sampler = torch.utils.data.RandomSampler(dataset, generator=generator)
@@ -580,6 +606,8 @@ def train_classifier(cfg: ClsConfig, out_dir: str | Path, resume: bool = False,
     val_indexes = [(s.name, s.val_index) for s in sources if s.val_index]
     val_set = AttributeCropDataset(val_indexes, schema, crop_transforms(cfg.crop, False)) if val_indexes else None
     log.info("attributes %s; train crops per value %s", schema.attributes, train_set.value_counts())
+    if cfg.data.balance == "sampler" and len(sources) > 1:
+        log.info("share of each value's draws by crop set %s", draw_shares(train_set, cfg))
 
     model = build_classifier(cfg.model, len(schema.column_names)).to(device)
     weights = None

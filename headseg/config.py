@@ -127,6 +127,10 @@ class ClsSourceConfig:
     name: str = ""  # a source of the schema, e.g. `hhw`
     train_index: str = ""  # crop index CSV written by tools/make_crops.py
     val_index: str = ""  # optional; every source's val crops together choose the best epoch
+    # With `data.balance: sampler`: this crop set's draws relative to the other crop sets' crops
+    # of the same attribute value (2: each of its crops drawn twice as often as theirs); values
+    # keep their equal share. Keeps a small crop set's share when a large one joins it.
+    weight: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -196,6 +200,9 @@ class ClsConfig:
         if unknown:  # a name may repeat: one source's ground-truth and prediction crop sets
             raise ValueError(f"data.sources names {unknown} are not among the schema's sources "
                              f"{sorted(self.schema.sources)}")
+        bad = [(s.name, s.weight) for s in sources if not s.weight > 0]
+        if bad:
+            raise ValueError(f"data.sources weights {bad} must be > 0 (1: drawn like the other crop sets)")
 
 
 # ----------------------------------------------------------------------------- loading

@@ -148,6 +148,18 @@ def test_balanced_weights_give_rare_values_equal_draws() -> None:
     assert balanced_sample_weights(torch.tensor([[MISSING, MISSING]]))[0] == 0
 
 
+def test_crop_weights_move_draws_within_a_value_only() -> None:
+    # `none` from 3 hhw crops and 1 weakly labelled street crop weighted 3: half the draws each
+    targets = torch.tensor([[0, MISSING]] * 2 + [[1, MISSING]] * 4 + [[MISSING, 1]])
+    crop_weights = torch.tensor([1.0, 1.0, 1.0, 1.0, 1.0, 3.0, 1.0])
+    w = balanced_sample_weights(targets, crop_weights)
+    assert w[2:5].sum() == pytest.approx(0.5) and w[5] == pytest.approx(0.5)
+    assert w[:2].sum() == pytest.approx(1.0) and w[6] == pytest.approx(1.0)  # other values unmoved
+    assert torch.allclose(balanced_sample_weights(targets, torch.ones(7)), balanced_sample_weights(targets))
+    with pytest.raises(ValueError, match="one positive weight per crop"):
+        balanced_sample_weights(targets, torch.zeros(7))
+
+
 def test_face_to_head_box_geometry() -> None:
     face = torch.tensor([[40.0, 50.0, 60.0, 80.0]])  # 20 wide, 30 tall
     head = face_to_head_box(face, FaceToHead(width=1.5, top=0.5, bottom=0.1))

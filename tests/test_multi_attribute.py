@@ -16,7 +16,7 @@ import yaml
 
 from headseg import Head, HeadwearPipeline, ImageResult
 from headseg.attributes import AttributePrediction, AttributeSchema, FaceToHead, faces_to_heads
-from headseg.classification import Classifier, classifier_checkpoint, normalize, predict_probs
+from headseg.classification import Classifier, classifier_checkpoint, draw_shares, normalize, predict_probs
 from headseg.config import ClsConfig, SegConfig, load_config
 from headseg.crop_sets import AttributeCropDataset
 from headseg.engine import load_checkpoint, save_checkpoint
@@ -104,6 +104,8 @@ def test_example_config_and_config_errors() -> None:
     twice = "data.sources=[{name: hhw, train_index: a}, {name: hhw, train_index: b}]"  # gt and pred crops
     sources = load_config(ClsConfig, ROOT / "configs" / "cls_multi.yaml", [twice]).data.sources
     assert [s.train_index for s in sources] == ["a", "b"]
+    with pytest.raises(ValueError, match="must be > 0"):
+        load_config(ClsConfig, ROOT / "configs" / "cls_multi.yaml", ["data.sources=[{name: hhw, weight: 0}]"])
 
 
 # ----------------------------------------------------------------------------- crops
@@ -146,6 +148,23 @@ def test_a_source_may_bring_several_crop_sets(data: dict) -> None:
     assert len(both) == len(one) + sum(sizes) and both.sources.count("faces") == len(one) + sizes[0]
     assert torch.equal(both.targets[:len(one)], one.targets)
     assert (both.targets[:len(one) + sizes[0], 0] == -1).all()  # faces label no headwear
+
+
+def test_a_crop_set_weight_sets_its_share_of_a_values_draws(config_file: Path, data: dict) -> None:
+    """Two crop sets of one source: `weight: 3` gives each of the second's crops three times the draws."""
+    train, val = data["faces"]["crops_train"], data["faces"]["crops_val"]
+    sources = [{"name": "faces", "train_index": str(train)}, {"name": "faces", "train_index": str(val), "weight": 3}]
+    cfg = load_config(ClsConfig, config_file, [f"data.sources={json.dumps(sources)}"])
+    dataset = AttributeCropDataset([("faces", train), ("faces", val)], cfg.schema)
+    n_train = len(AttributeCropDataset({"faces": train}, cfg.schema))
+    shares = draw_shares(dataset, cfg)
+    column, values = dataset.targets[:, 1], cfg.schema.attributes["face_mask"]
+    assert set(shares) == {f"face_mask/{values[v]}" for v in column.unique().tolist()}
+    for v in column.unique().tolist():
+        a, b = int((column[:n_train] == v).sum()), int((column[n_train:] == v).sum())
+        by_set = shares[f"face_mask/{values[v]}"]
+        assert sum(by_set.values()) == pytest.approx(1.0, abs=2e-3)
+        assert by_set.get(f"faces:{val.parent}", 0.0) == pytest.approx(3 * b / (a + 3 * b), abs=1e-3)
 
 
 # ----------------------------------------------------------------------------- training and eval
