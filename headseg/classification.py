@@ -482,12 +482,17 @@ def _make_optimizer(model: nn.Module, cfg: ClsConfig, phase: str) -> torch.optim
     return torch.optim.Adam(params, lr=lr, weight_decay=t.weight_decay)
 
 
+def _crop_set_of_each_crop(dataset: AttributeCropDataset) -> torch.Tensor:
+    """``(N,)`` index of the crop set (``data.sources`` entry) each crop comes from: the dataset
+    holds one run of crops per entry, in their order."""
+    return torch.repeat_interleave(torch.arange(len(dataset.sets)), torch.tensor([len(ds) for _, ds in dataset.sets]))
+
+
 def _sample_weights(dataset: AttributeCropDataset, cfg: ClsConfig) -> torch.Tensor:
     """The sampler's per-crop weights: balanced values, crop sets weighted by their ``weight``."""
     crop_weights = None
-    if cfg.data.sources:  # the dataset holds one run of crops per entry, in their order
-        crop_weights = torch.repeat_interleave(torch.tensor([s.weight for s in cfg.data.sources]),
-                                               torch.tensor([len(ds) for _, ds in dataset.sets]))
+    if cfg.data.sources:
+        crop_weights = torch.tensor([s.weight for s in cfg.data.sources])[_crop_set_of_each_crop(dataset)]
     return balanced_sample_weights(dataset.targets, crop_weights)
 
 
@@ -495,7 +500,7 @@ def draw_shares(dataset: AttributeCropDataset, cfg: ClsConfig) -> dict[str, dict
     """``attribute/value`` -> crop set (``source:its folder``) -> its share of the value's draws."""
     weights = _sample_weights(dataset, cfg)
     names = [f"{name}:{Path(ds.index_csv).parent}" for name, ds in dataset.sets]
-    entry = torch.repeat_interleave(torch.arange(len(names)), torch.tensor([len(ds) for _, ds in dataset.sets]))
+    entry = _crop_set_of_each_crop(dataset)
     out = {}
     for a, (attribute, values) in enumerate(dataset.schema.attributes.items()):
         for v, value in enumerate(values):
