@@ -29,6 +29,7 @@ Examples:
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import multiprocessing as mp
 import platform
@@ -199,12 +200,17 @@ def _run(system: str, args: argparse.Namespace, queue: mp.Queue) -> None:
 
 @torch.inference_mode()
 def _profile(pipe, images: list[np.ndarray], device: torch.device) -> dict[str, float]:
-    """Milliseconds per image in each stage of the pipeline, one image at a time."""
+    """Milliseconds per image in each stage of the pipeline, one image at a time.
+
+    Stage 1 runs under the pipeline's autocast, and one untimed pass comes first: the batch-1
+    shapes are new after the batched timing, and on CUDA their first pass is kernel selection.
+    """
     from torchvision.models.detection.transform import resize_boxes
 
     from headseg.segmentation import paste_masks
 
     model, stages = pipe.segmenter, {}
+    autocast = functools.partial(torch.autocast, device.type, enabled=pipe.amp)
 
     def tick(name: str, t0: float) -> float:
         _sync(device)
@@ -212,25 +218,33 @@ def _profile(pipe, images: list[np.ndarray], device: torch.device) -> dict[str, 
         stages[name] = stages.get(name, 0.0) + (now - t0) * 1000 / len(images)
         return now
 
-    for image in images:
+    def one(image: np.ndarray) -> None:
         t = time.perf_counter()
         x = [torch.from_numpy(image).to(device).permute(2, 0, 1).float().div_(255)]
         t = tick("to_tensor", t)
         image_list, _ = model.transform(x)
         t = tick("resize_normalize", t)
-        features = pipe._backbone(image_list.tensors)
+        with autocast():
+            features = pipe._backbone(image_list.tensors)
         t = tick("backbone_fpn", t)
-        proposals, _ = model.rpn(image_list, features)
+        with autocast():
+            proposals, _ = model.rpn(image_list, features)
         t = tick("rpn", t)
-        dets, _ = model.roi_heads(features, proposals, image_list.image_sizes)
+        with autocast():
+            dets, _ = model.roi_heads(features, proposals, image_list.image_sizes)
         t = tick("roi_heads_box_mask", t)
         det = dets[0]
-        boxes = resize_boxes(det["boxes"], image_list.image_sizes[0], image.shape[:2])
+        boxes = resize_boxes(det["boxes"].float(), image_list.image_sizes[0], image.shape[:2])
         masks = paste_masks(det["masks"], boxes, image.shape[:2])[:, 0] > pipe.mask_thresh
         t = tick("paste_masks", t)
         keep = masks.flatten(1).any(1)
-        pipe._finish(x, [(boxes[keep], det["scores"][keep], masks[keep])], [image], [None])
+        pipe._finish(x, [(boxes[keep], det["scores"][keep].float(), masks[keep])], [image], [None])
         tick("crops_classify_results", t)
+
+    one(images[0])  # untimed
+    stages.clear()
+    for image in images:
+        one(image)
     return stages
 
 
