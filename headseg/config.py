@@ -45,6 +45,9 @@ class SegModelConfig:
     weights: str = "imagenet"  # `imagenet` (offline hub cache), `none`, or a local .pth file
     min_size: int = 640  # short side; facemask photos are ~400 px with tiny faces, so upsample
     max_size: int = 1066  # keeps 4:3 photos whole at min_size=640 (1066 = 640 * 5/3)
+    # multi-scale training: each training image's short side drawn from these (torchvision's
+    # transform draws per image); evaluation and inference resize to min_size. Empty: min_size only
+    train_min_sizes: tuple[int, ...] = ()
     returned_layers: tuple[int, ...] = ()  # FPN stages; empty: per arch (MobileNetV2 from stride 8)
     anchor_sizes: tuple[int, ...] = (16, 32, 64, 128, 256)  # one per FPN level, 16 px for tiny faces
     aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)  # height/width; heads are near 1

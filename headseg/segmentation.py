@@ -27,7 +27,7 @@ from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHe
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.models.detection.roi_heads import expand_boxes
 from torchvision.models.detection.rpn import RPNHead
-from torchvision.models.detection.transform import resize_boxes
+from torchvision.models.detection.transform import GeneralizedRCNNTransform, resize_boxes
 from torchvision.ops import FrozenBatchNorm2d
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 from tqdm import tqdm
@@ -143,7 +143,7 @@ def build_segmenter(cfg: SegModelConfig, num_classes: int) -> MaskRCNN:
                               (tuple(cfg.aspect_ratios),) * levels)
     ch = cfg.fpn_channels
     mask_layers = tuple(cfg.mask_head_layers)
-    return MaskRCNN(
+    model = MaskRCNN(
         backbone,
         num_classes=None,
         min_size=cfg.min_size,
@@ -160,6 +160,31 @@ def build_segmenter(cfg: SegModelConfig, num_classes: int) -> MaskRCNN:
         mask_head=MaskRCNNHeads(ch, mask_layers, dilation=1),
         mask_predictor=MaskRCNNPredictor(mask_layers[-1], mask_layers[-1], num_classes + 1),
     )
+    if cfg.train_min_sizes:
+        t = model.transform
+        model.transform = MultiScaleTransform(cfg.train_min_sizes, cfg.min_size, cfg.max_size,
+                                              t.image_mean, t.image_std)
+    return model
+
+
+class MultiScaleTransform(GeneralizedRCNNTransform):
+    """torchvision's resize and normalisation, drawing each training image's short side from
+    ``train_sizes`` (multi-scale training); in eval mode it resizes to ``min_size``.
+
+    :class:`GeneralizedRCNNTransform` draws from ``self.min_size`` in training and takes its last
+    entry otherwise, so switching modes swaps that tuple.
+    """
+
+    def __init__(self, train_sizes: Sequence[int], min_size: int, *args: Any, **kwargs: Any) -> None:
+        if not train_sizes or min(train_sizes) < 1:
+            raise ValueError(f"train_min_sizes must be positive pixel sizes, got {list(train_sizes)}")
+        super().__init__(min_size, *args, **kwargs)
+        self.train_sizes, self.test_size = tuple(int(s) for s in train_sizes), (int(min_size),)
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> MultiScaleTransform:
+        self.min_size = self.train_sizes if mode else self.test_size
+        return super().train(mode)
 
 
 # ----------------------------------------------------------------------------- checkpoints

@@ -1,5 +1,5 @@
 """Hard Hat Workers preparation and the stage-1 training-speed levers (bf16, channels-last,
-sampled RoIs, the stride-4 level), each trained for two iterations on synthetic data."""
+sampled RoIs, the stride-4 level, multi-scale training), each trained for two iterations on synthetic data."""
 
 from __future__ import annotations
 
@@ -154,6 +154,28 @@ def test_stride4_level_with_8px_anchors_trains(synthetic_data: dict, tmp_path: P
     assert list(state["config"]["model"]["anchor_sizes"]) == [8, 16, 32, 64, 128, 256]
     shipped = load_config(SegConfig, Path(__file__).parents[1] / "configs" / "seg_facemask_s4.yaml")
     assert shipped.model.returned_layers == (1, 2, 3, 4, 5) and shipped.model.anchor_sizes[0] == 8
+
+
+def test_multi_scale_training_draws_sizes_and_evaluates_at_min_size(synthetic_data: dict,
+                                                                     tmp_path: Path) -> None:
+    multi = ["model.train_min_sizes=[64,96]", "model.max_size=256"]
+    cfg = load_config(SegConfig, None, [*TINY_SEG, *multi])
+    model = build_segmenter(cfg.model, 1)
+    images = [torch.rand(3, 40, 80)]
+    target = [{"boxes": torch.tensor([[10.0, 10.0, 30.0, 30.0]]), "labels": torch.tensor([1]),
+               "masks": torch.ones(1, 40, 80, dtype=torch.uint8)}]
+    model.train()
+    sizes = {model.transform(images, target)[0].image_sizes[0][0] for _ in range(40)}
+    assert sizes == {64, 96}  # short side drawn per image; 128 (min_size) is not among them
+    model.eval()
+    assert model.transform(images)[0].image_sizes == [(128, 256)]  # short 128, long capped at 256
+    model.train()
+    assert model.transform.min_size == (64, 96)
+    _, state = _conv_output_dtypes(synthetic_data, tmp_path / "ms", multi)
+    assert list(state["config"]["model"]["train_min_sizes"]) == [64, 96]
+    assert np.isfinite(state["metrics"].get("loss", 0.0))
+    with pytest.raises(ValueError, match="train_min_sizes"):
+        build_segmenter(load_config(SegConfig, None, [*TINY_SEG, "model.train_min_sizes=[0]"]).model, 1)
 
 
 def test_extra_train_json_trains_on_both_sets(synthetic_data: dict, tmp_path: Path,
