@@ -322,9 +322,11 @@ def place_labels(boxes_xyxy: Sequence[Sequence[float]], sizes: Sequence[tuple[in
     Labels are placed in order (most confident head first), each at the first free spot of:
     just above its box, just below it, inside its top, inside its bottom, then those spots moved
     up and down by whole label heights; the left edge is the box's, or its right edge minus
-    the label's width. Every spot is clamped into the image, so a label is always inside it
-    (one larger than the image starts at its top-left corner). When no spot is free the one
-    overlapping placed labels least is taken.
+    the label's width. When none of those is free, the free spot nearest the box on a grid over
+    the whole image is taken (:func:`draw_heads` then links it to its box with a line). Every
+    spot is clamped into the image, so a label is always inside it (one larger than the image
+    starts at its top-left corner). Only when no spot at all is free does a label overlap
+    others, as little as it can.
 
     Args:
         boxes_xyxy: ``N`` boxes in pixels.
@@ -339,16 +341,24 @@ def place_labels(boxes_xyxy: Sequence[Sequence[float]], sizes: Sequence[tuple[in
     out = []
     for (x0, y0, x1, y1), (w, h) in zip(boxes_xyxy, sizes):
         x0, y0, x1, y1 = (int(round(v)) for v in (x0, y0, x1, y1))
-        xs = [x0, x1 - w]
-        ys = [y0 - h, y1, y0, y1 - h]
-        candidates = [(min(max(x, 0), max(width - w, 0)), min(max(y + k * h, 0), max(height - h, 0)))
-                      for k in (0, -1, 1, -2, 2, -3, 3) for y in ys for x in xs]
+
+        def clamp(x: int, y: int) -> tuple[int, int]:
+            return min(max(x, 0), max(width - w, 0)), min(max(y, 0), max(height - h, 0))
 
         def overlap(c: tuple[int, int]) -> int:
             return sum(max(0, min(c[0] + w, a + aw) - max(c[0], a)) * max(0, min(c[1] + h, b + bh) - max(c[1], b))
                        for a, b, aw, bh in placed)
 
-        best = next((c for c in candidates if overlap(c) == 0), None) or min(candidates, key=overlap)
+        near = [clamp(x, y + k * h) for k in (0, -1, 1, -2, 2, -3, 3)
+                for y in (y0 - h, y1, y0, y1 - h) for x in (x0, x1 - w)]
+        best = next((c for c in near if overlap(c) == 0), None)
+        if best is None:
+            step_x, step_y = max(1, w // 4), max(1, h // 2)
+            grid = {clamp(x, y) for y in range(0, max(height - h, 0) + step_y, step_y)
+                    for x in range(0, max(width - w, 0) + step_x, step_x)}
+            free = [c for c in grid if overlap(c) == 0]
+            best = (min(free, key=lambda c: (abs(c[0] - x0) + abs(c[1] + h - y0), c)) if free
+                    else min(near, key=overlap))
         placed.append((*best, w, h))
         out.append(best)
     return out
@@ -376,6 +386,12 @@ def draw_heads(out: np.ndarray, heads: Sequence[DrawnHead], thickness: int | Non
         cv2.rectangle(out, (x0, y0), (x1, y1), colour, h.box_width or thickness)
     blocks = [label_size([t for t, _ in h.lines], thickness) for h in heads]
     corners = place_labels([h.box_xyxy for h in heads], [(w, hh) for w, hh, _ in blocks], out.shape[:2])
+    for h, (w, hh, _), (x, y) in zip(heads, blocks, corners):
+        x0, y0, x1, y1 = (int(round(v)) for v in h.box_xyxy)
+        if x + w < x0 or x > x1 or y + hh < y0 or y > y1:  # placed away from its box: link the two
+            bx, by = min(max(x + w // 2, x0), x1), min(max(y + hh // 2, y0), y1)
+            lx, ly = min(max(bx, x), x + w - 1), min(max(by, y), y + hh - 1)
+            cv2.line(out, (lx, ly), (bx, by), h.lines[0][1], 1, cv2.LINE_AA)
     for h, (w, _, line), (x, y) in zip(heads, blocks, corners):
         for k, (text, colour) in enumerate(h.lines):
             top = y + k * line

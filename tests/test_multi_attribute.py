@@ -386,6 +386,36 @@ def test_labels_stay_inside_the_image_and_apart() -> None:
     assert place_labels([], [], size) == []
 
 
+def test_crowded_labels_move_away_from_their_boxes_without_overlapping() -> None:
+    size = (240, 400)
+    boxes = [(160 + 8 * i, 100, 170 + 8 * i, 110) for i in range(8)]  # eight heads side by side
+    lines = [("headwear: none 0.99", (0, 255, 0)), ("face_mask: with_mask 0.90", (0, 255, 0))]
+    sizes = [label_size([t for t, _ in lines], 1)[:2]] * 8  # labels far wider than the heads
+    corners = place_labels(boxes, sizes, size)
+    rects = [(x, y, x + w, y + h) for (x, y), (w, h) in zip(corners, sizes)]
+    for i, (x0, y0, x1, y1) in enumerate(rects):
+        assert 0 <= x0 and 0 <= y0 and x1 <= size[1] and y1 <= size[0]
+        for b in rects[:i]:
+            assert min(x1, b[2]) <= max(x0, b[0]) or min(y1, b[3]) <= max(y0, b[1]), ((x0, y0, x1, y1), b)
+    far = [i for i, (r, b) in enumerate(zip(rects, boxes))
+           if r[2] < b[0] or r[0] > b[2] or r[3] < b[1] or r[1] > b[3]]
+    assert far  # the spots touching a box ran out
+
+
+def test_a_label_away_from_its_box_is_linked_to_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    import headseg.pipeline as pipeline
+    monkeypatch.setattr(pipeline, "place_labels", lambda boxes, sizes, size: [(0, 0)] * len(boxes))
+    out = np.zeros((100, 200, 3), np.uint8)
+    draw_heads(out, [DrawnHead((150, 70, 170, 90), [("x", (0, 255, 0))], None, box_width=1)], thickness=1)
+    w, h, _ = label_size(["x"], 1)
+    between = out[h + 1:69, w + 1:149, 1]  # neither the label (top left) nor the box
+    assert between.any()  # the leader line
+    out = np.zeros((100, 200, 3), np.uint8)
+    monkeypatch.setattr(pipeline, "place_labels", lambda boxes, sizes, size: [(150, 60)] * len(boxes))
+    draw_heads(out, [DrawnHead((150, 70, 170, 90), [("x", (0, 255, 0))], None, box_width=1)], thickness=1)
+    assert not out[:59, :, 1].any() and not out[:, :149, 1].any()  # a label touching its box: no line
+
+
 def test_drawn_multi_attribute_labels_are_inside_the_image() -> None:
     image = np.zeros((60, 80, 3), np.uint8)
     heads = [_multi_head((0.0, 0.0, 30.0, 25.0)), _multi_head((50.0, 35.0, 80.0, 60.0), helmet=0.2)]
