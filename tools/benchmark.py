@@ -222,7 +222,8 @@ def _profile(pipe, images: list[np.ndarray], device: torch.device) -> dict[str, 
         t = time.perf_counter()
         x = [torch.from_numpy(image).to(device).permute(2, 0, 1).float().div_(255)]
         t = tick("to_tensor", t)
-        image_list, _ = model.transform(x)
+        with autocast():  # as headseg.segmentation.detect runs it
+            image_list, _ = model.transform(x)
         t = tick("resize_normalize", t)
         with autocast():
             features = pipe._backbone(image_list.tensors)
