@@ -359,7 +359,8 @@ def train_one_epoch(model: nn.Module, loader: Iterable[Any], optimizer: torch.op
         epoch, epochs: 0-based epoch and the run's total, for messages.
         steps: Batches to train on (the loader may hold more).
         distributed: The process group; a non-finite loss on any process stops all of them.
-        scheduler: Stepped after every optimizer step (per-iteration schedules).
+        scheduler: Stepped after every optimizer step (per-iteration schedules); not after a
+            step the gradient scaler skipped for overflowing fp16 gradients.
         scaler: Gradient scaler for fp16 autocast; None or disabled otherwise.
         autocast: ``torch.autocast`` arguments around ``compute_losses``; None for none.
         clip_grad_norm: Clip the gradient norm to this (0: no clipping).
@@ -412,12 +413,17 @@ def train_one_epoch(model: nn.Module, loader: Iterable[Any], optimizer: torch.op
             if scaler is not None:
                 scaler.unscale_(optimizer)
             nn.utils.clip_grad_norm_(params, clip_grad_norm)
+        stepped = True
         if scaler is not None:
+            scale = scaler.get_scale()
             scaler.step(optimizer)
             scaler.update()
+            # The scaler skips the step and lowers its scale when the fp16 gradients overflow (the
+            # first steps, often); the schedule then waits, instead of running ahead of the optimizer.
+            stepped = scaler.get_scale() >= scale
         else:
             optimizer.step()
-        if scheduler is not None:
+        if scheduler is not None and stepped:
             scheduler.step()
         done, samples = done + 1, samples + count
         sums["loss"] = sums.get("loss", 0.0) + loss.item()

@@ -222,3 +222,25 @@ def test_a_mid_epoch_checkpoint_resumes_as_if_never_stopped(synthetic_data: dict
     rows_a, rows_b = (list(csv.DictReader((d / "metrics.csv").open())) for d in (straight, killed))
     assert len(rows_b) == 2  # one row per epoch, the interrupted one once
     assert [r["loss"] for r in rows_a] == [r["loss"] for r in rows_b]  # epoch means over every step
+
+
+def test_the_schedule_waits_for_a_step_the_gradient_scaler_skipped(recwarn: pytest.WarningsRecorder) -> None:
+    from torch import nn
+
+    from headseg.engine import train_one_epoch
+
+    model = nn.Linear(2, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: 1.0)
+    # A scale this large overflows fp32 gradients too, so the first step is skipped on the CPU
+    # just as an fp16 one would be on CUDA; the halved scale (3 * 2^126 < fp32's max) lets the
+    # next steps through.
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 127, growth_interval=1000)
+    before = model.weight.detach().clone()
+    train_one_epoch(model, [torch.ones(4, 2)] * 3, optimizer,
+                    lambda b: ({"loss": model(b).mean() * 3}, len(b)),  # gradients 3: 3 * 2^127 overflows
+                    epoch=0, epochs=1, steps=3, scaler=scaler, scheduler=scheduler, progress=False)
+    assert scaler.get_scale() < 2.0 ** 127  # the first step overflowed and was skipped
+    assert not torch.equal(model.weight, before)  # later ones went through
+    assert scheduler.last_epoch == 2  # stepped twice, not three times
+    assert not [w for w in recwarn if "lr_scheduler.step()" in str(w.message)]
