@@ -323,7 +323,8 @@ def test_pipeline_with_a_multi_attribute_classifier(seg_path: Path, trained: Pat
     assert sum(v for k, v in per_class.items() if k.startswith("headwear/")) == len(result)
 
 
-def test_end_to_end_evaluation_per_attribute(seg_path: Path, trained: Path, data: dict, tmp_path: Path) -> None:
+def test_end_to_end_evaluation_per_attribute(seg_path: Path, trained: Path, data: dict, tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
     report = eval_pipeline.main(eval_pipeline.parse_args(
         [str(data["faces"]["val"]), "--seg", str(seg_path), "--cls", str(trained / "best.pt"), "--gt-faces",
          "--source", "faces", "--out", str(tmp_path / "faces.json")]))
@@ -333,10 +334,12 @@ def test_end_to_end_evaluation_per_attribute(seg_path: Path, trained: Path, data
     hats = eval_pipeline.main(eval_pipeline.parse_args(
         [str(data["hats"]["val"]), "--seg", str(seg_path), "--cls", str(trained / "best.pt"), "--source", "hats"]))
     assert "two_stage/headwear/bbox/AP50/helmet" in hats and not any("/face_mask/" in k for k in hats)
+    assert "pipeline:" in capsys.readouterr().err  # the progress bar, by default
     flipped = eval_pipeline.main(eval_pipeline.parse_args(
         [str(data["hats"]["val"]), "--seg", str(seg_path), "--cls", str(trained / "best.pt"), "--source", "hats",
-         "--flip"]))
+         "--flip", "--no-progress"]))
     assert flipped.keys() == hats.keys() and 0.0 <= flipped["two_stage/headwear/bbox/AP50"] <= 1.0
+    assert "pipeline:" not in capsys.readouterr().err
 
 
 def test_attribute_evaluation_scores_a_perfect_system_one() -> None:

@@ -81,6 +81,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "e.g. min_size=640 rpn_post_nms_top_n_test=1000")
     add_flip_arg(parser)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars (logs under nohup)")
     parser.add_argument("--out", type=Path, help="flat metrics JSON")
     return parser.parse_args(argv)
 
@@ -118,11 +119,11 @@ def main(args: argparse.Namespace) -> dict[str, float]:
                                 head_rule(args) if args.gt_faces else None)
     category_ids = {c["name"]: c["id"] for c in gt["categories"]}
     report: dict[str, float] = {}
-    systems = {"two_stage": predict_coco(pipe, coco)}
+    systems = {"two_stage": predict_coco(pipe, coco, progress=not args.no_progress)}
     if args.haar:
         detector = HaarFaceDetector(expand=args.haar_expand)
         systems["haar"] = {}
-        for image_id in tqdm(coco.image_ids, desc="haar", leave=False):
+        for image_id in tqdm(coco.image_ids, desc="haar", leave=False, disable=args.no_progress):
             image = read_image(coco.image_path(image_id))
             systems["haar"][image_id] = pipe.classify(image, *detector(image))
     for name, results in systems.items():
@@ -134,7 +135,8 @@ def main(args: argparse.Namespace) -> dict[str, float]:
         model, single_cfg, names = load_segmenter(args.single_stage, args.device, **seg_overrides)
         if sorted(names) != sorted(coco.class_names):
             raise ValueError(f"--single-stage model classes {names} differ from {sorted(coco.class_names)}")
-        _, results = evaluate_segmenter(model, coco, args.device, names, box_from_mask=single_cfg.model.box_from_mask)
+        _, results = evaluate_segmenter(model, coco, args.device, names, box_from_mask=single_cfg.model.box_from_mask,
+                                        progress=not args.no_progress)
         report.update({f"single_stage/{k}": v for k, v in
                        attribute_end_to_end(gt, results, results, op_thresh["single_stage"], schema, SWEEP).items()})
     attributes = sorted({c["attribute"] for c in gt["categories"]}, key=schema.names.index)

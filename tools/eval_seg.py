@@ -38,6 +38,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--image-root", type=Path, help="default: the JSON's folder")
     parser.add_argument("--out", type=Path, help="flat metrics JSON; results go beside it")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar (logs under nohup)")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="inference-time model fields, e.g. box_score_thresh=0.05")
     return parser.parse_args(argv)
@@ -49,7 +50,7 @@ def main(args: argparse.Namespace) -> dict[str, float]:
     coco = load_coco(args.annotations, args.image_root)
     metrics, results = evaluate_segmenter(model, coco, args.device, class_names,
                                           derived_mask=cfg.data.derived_mask,
-                                          box_from_mask=cfg.model.box_from_mask)
+                                          box_from_mask=cfg.model.box_from_mask, progress=not args.no_progress)
     print(format_metrics_table(metrics))
     if coco.derived_masks:
         print(f"note: masks in {args.annotations} are derived from boxes ({coco.derived_masks}); "
