@@ -27,7 +27,7 @@ import torch
 from pycocotools import mask as mask_utils
 from torch import nn
 
-from headseg.attributes import AttributePrediction, attribute_columns
+from headseg.attributes import AttributePrediction, attribute_columns, column_name
 from headseg.classification import Classifier, flip_averaged
 from headseg.crops import crop_heads
 from headseg.data import CocoHeads
@@ -222,9 +222,9 @@ class ImageResult:
                 "heads": [h.to_json() for h in self.heads]}
 
     def to_coco_results(self, image_id: int, category_ids: dict[str, int],
-                        score: str = "joint") -> list[dict[str, Any]]:
-        """COCO results records, one per head and attribute; one whose value has no category
-        (e.g. background) is left out.
+                        score: str = "joint", values: str = "top") -> list[dict[str, Any]]:
+        """COCO results records, one per head and attribute (or per head and attribute value);
+        one whose value has no category (e.g. background) is left out.
 
         Categories are classifier columns (:meth:`Head.columns`): the attire labels of a
         single-attribute classifier, ``attribute/value`` (``"headwear/helmet"``) with several.
@@ -234,17 +234,30 @@ class ImageResult:
             category_ids: Column name -> COCO category id.
             score: ``joint`` (segmentation score x the value's probability, the default: a head
                 that is surely a head but of doubtful attire ranks low) or ``seg``.
+            values: ``top`` (each attribute's most probable value, the default) or ``all``
+                (every value, each scored by its own probability: the multi-label results a
+                class-aware detector such as torchvision's Mask R-CNN gives COCO evaluation,
+                one box per class above its threshold). ``all`` needs ``score="joint"``.
         """
+        if values not in ("top", "all"):
+            raise ValueError(f"values={values!r}; expected 'top' or 'all'")
+        if values == "all" and score != "joint":
+            raise ValueError("values='all' ranks each value by its probability; it needs score='joint'")
         records = []
         for h in self.heads:
+            if values == "top":
+                scored = [(column, p.prob) for column, p in zip(h.columns(), h.attributes.values())]
+            else:
+                scored = [(column_name(a, v, len(h.attributes)), q) for a, p in h.attributes.items()
+                          for v, q in p.probs.items()]
             rle = None
-            for column, p in zip(h.columns(), h.attributes.values()):
+            for column, prob in scored:
                 if column not in category_ids:
                     continue
                 if rle is None:
                     rle = mask_utils.encode(np.asfortranarray(h.mask.astype(np.uint8)))
                 x0, y0, x1, y1 = h.box_xyxy
-                s = h.score * p.prob if score == "joint" else h.score
+                s = h.score * prob if score == "joint" else h.score
                 records.append({"image_id": image_id, "category_id": category_ids[column],
                                 "bbox": [x0, y0, x1 - x0, y1 - y0], "score": float(s),
                                 "segmentation": {"size": rle["size"], "counts": rle["counts"].decode()}})

@@ -288,10 +288,18 @@ def test_multi_attribute_head_json_coco_and_counts() -> None:
     assert [r["category_id"] for r in records] == [1, 3, 2, 3]  # one per head and attribute
     assert records[0]["score"] == pytest.approx(0.9 * 0.8) and records[1]["score"] == pytest.approx(0.9 * 0.6)
     assert [r["category_id"] for r in result.to_coco_results(5, {"face_mask/with_mask": 3})] == [3, 3]
+    # Every value, as a class-aware detector reports: one record per head and value with a category.
+    every = result.to_coco_results(5, ids, values="all")
+    assert [(r["category_id"], round(r["score"], 4)) for r in every] == [
+        (1, 0.72), (2, 0.18), (3, 0.54), (1, 0.27), (2, 0.63), (3, 0.54)]
+    with pytest.raises(ValueError, match="needs score='joint'"):
+        result.to_coco_results(5, ids, "seg", values="all")
     # A single-attribute head keeps today's meaning, and its one attribute is "label".
     single = Head((0, 0, 1, 1), np.zeros((2, 2), bool), 0.5, "cap", 0.7, {"cap": 0.7, "bare": 0.3})
     assert single.attributes == {"label": AttributePrediction("cap", 0.7, {"cap": 0.7, "bare": 0.3})}
     assert ImageResult((single,), (2, 2)).counts() == {"cap": 1}
+    assert [(r["category_id"], r["score"]) for r in ImageResult((single,), (2, 2)).to_coco_results(
+        1, {"cap": 4, "bare": 5}, values="all")] == [(4, pytest.approx(0.35)), (5, pytest.approx(0.15))]
 
 
 def test_pipeline_with_a_multi_attribute_classifier(seg_path: Path, trained: Path, tmp_path: Path) -> None:
@@ -337,8 +345,12 @@ def test_end_to_end_evaluation_per_attribute(seg_path: Path, trained: Path, data
     assert "pipeline:" in capsys.readouterr().err  # the progress bar, by default
     flipped = eval_pipeline.main(eval_pipeline.parse_args(
         [str(data["hats"]["val"]), "--seg", str(seg_path), "--cls", str(trained / "best.pt"), "--source", "hats",
-         "--flip", "--no-progress"]))
-    assert flipped.keys() == hats.keys() and 0.0 <= flipped["two_stage/headwear/bbox/AP50"] <= 1.0
+         "--flip", "--no-progress", "--all-values"]))
+    assert flipped.keys() > hats.keys() and 0.0 <= flipped["two_stage/headwear/bbox/AP50"] <= 1.0
+    every = {k.replace("two_stage_all/", "two_stage/"): v for k, v in flipped.items() if k.startswith("two_stage_all/")}
+    assert every.keys() == hats.keys() and 0.0 <= every["two_stage/headwear/bbox/AP50"] <= 1.0
+    # The operating point is the top value's either way.
+    assert all(every[k] == flipped[k] for k in every if "/precision" in k or "/recall" in k)
     assert "pipeline:" not in capsys.readouterr().err
 
 

@@ -9,6 +9,11 @@ test. A single-attribute classifier's categories are its classes (keys as ever: 
 a multi-attribute one maps the set's categories through its schema source (inferred from the
 category names, or --source), keys ``{attribute}/bbox/AP50/{value}``.
 
+--all-values adds each system once more as ``{system}_all`` (``two_stage_all``), whose AP ranks
+every value of every head by segmentation score x that value's probability, as a class-aware
+detector's results are (torchvision's Mask R-CNN, the single-stage baseline here, gives one box
+per class above its score threshold); its operating point is the top value's, as without.
+
 Face boxes (facemask): with --gt-faces every ground-truth face box is replaced by the head box
 ``headseg.attributes.face_to_head_box`` derives from it (default ``FaceToHead`` rule: 1.56 face
 widths wide, 0.65 face heights above the face, 0.2 below, clipped to the image), and predicted
@@ -76,6 +81,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="operating-point score threshold, one for all systems or per system "
                              "(two_stage=0.3 single_stage=0.4); pick it on val from the printed "
                              "F1-best thresholds, then pass it for test")
+    parser.add_argument("--all-values", action="store_true",
+                        help="also report AP over every value of every head ({system}_all; see above)")
     parser.add_argument("--seg-set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="inference fields of both segmenters (two-stage and single-stage), "
                              "e.g. min_size=640 rpn_post_nms_top_n_test=1000")
@@ -127,10 +134,11 @@ def main(args: argparse.Namespace) -> dict[str, float]:
             image = read_image(coco.image_path(image_id))
             systems["haar"][image_id] = pipe.classify(image, *detector(image))
     for name, results in systems.items():
-        joint = [r for i, res in results.items() for r in res.to_coco_results(i, category_ids, "joint")]
         at_op = [r for i, res in results.items() for r in res.to_coco_results(i, category_ids, "seg")]
-        report.update({f"{name}/{k}": v for k, v in
-                       attribute_end_to_end(gt, joint, at_op, op_thresh[name], schema, SWEEP).items()})
+        for values in ("top", "all") if args.all_values else ("top",):
+            joint = [r for i, res in results.items() for r in res.to_coco_results(i, category_ids, "joint", values)]
+            report.update({f"{name}{'_all' if values == 'all' else ''}/{k}": v for k, v in
+                           attribute_end_to_end(gt, joint, at_op, op_thresh[name], schema, SWEEP).items()})
     if args.single_stage:
         model, single_cfg, names = load_segmenter(args.single_stage, args.device, **seg_overrides)
         if sorted(names) != sorted(coco.class_names):
@@ -141,7 +149,7 @@ def main(args: argparse.Namespace) -> dict[str, float]:
                        attribute_end_to_end(gt, results, results, op_thresh["single_stage"], schema, SWEEP).items()})
     attributes = sorted({c["attribute"] for c in gt["categories"]}, key=schema.names.index)
     print(f"{'system':<28}" + "".join(f"{k:>15}" for k in KEYS))
-    for s in SYSTEMS:
+    for s in (f"{system}{suffix}" for system in SYSTEMS for suffix in ("", "_all")):
         for prefix in (f"{s}/{attribute_prefix(schema, a)}" for a in attributes):
             if f"{prefix}bbox/AP" in report:
                 print(f"{prefix.rstrip('/'):<28}" + "".join(f"{report[prefix + k]:>15.4f}" for k in KEYS))
