@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 from torchvision.ops import box_iou
+from tqdm import tqdm
 
 from headseg.attributes import AttributeSchema
 from headseg.clips import ClipFrame, clip_boxes_from_coco, make_clip
@@ -193,7 +194,7 @@ def evaluate_clips(pipe: "HeadwearPipeline", coco: "CocoHeads", image_ids: Seque
                    motions: Sequence[str] = ("pan", "zoom", "shake"), num_frames: int = 24,
                    fps: float = 10.0, stride: int = 1, min_frames: int = 3,
                    tracker: ByteTrackConfig = ByteTrackConfig(), seed: int = 0,
-                   source: str | None = None) -> dict[str, Any]:
+                   source: str | None = None, progress: bool = False) -> dict[str, Any]:
     """Make a clip per photo and motion, track it, and score tracking and attire.
 
     Args:
@@ -209,6 +210,7 @@ def evaluate_clips(pipe: "HeadwearPipeline", coco: "CocoHeads", image_ids: Seque
         seed: For ``shake``.
         source: The model schema's source whose categories the data uses (default: inferred);
             its mapping says which attribute value each category means.
+        progress: A progress bar over the clips (on stderr).
 
     Returns:
         ``tracking`` (:func:`tracking_metrics`), ``attire`` (:class:`AttireTally`) and ``clips``
@@ -217,6 +219,7 @@ def evaluate_clips(pipe: "HeadwearPipeline", coco: "CocoHeads", image_ids: Seque
     sequences: dict[str, SequenceTracks] = {}
     tally = AttireTally()
     truth = attire_truth(pipe.schema, coco.class_names, source)
+    bar = tqdm(total=len(image_ids) * len(motions), desc="clips", unit="clip", disable=not progress)
     for image_id in image_ids:
         image = read_image(coco.image_path(image_id))
         boxes, category_ids = clip_boxes_from_coco(coco.annotations[image_id])
@@ -232,6 +235,8 @@ def evaluate_clips(pipe: "HeadwearPipeline", coco: "CocoHeads", image_ids: Seque
                 results.append(result)
             log.finish()
             sequences[f"{image_id}-{motion}"] = score_clip(gt, labels, results, log, tally)
+            bar.update()
+    bar.close()
     out = {"tracking": tracking_metrics(sequences), "attire": tally.to_json(),
            "clips": len(sequences), "frames": len(sequences) * num_frames}
     if not truth:

@@ -329,13 +329,18 @@ def test_track_tool_reports_a_missing_source(checkpoints, tmp_path: Path) -> Non
     assert "does not exist" in json.loads((tmp_path / "summary.json").read_text())["problems"][0]
 
 
-def test_eval_video_smoke(checkpoints, synthetic_data: dict, tmp_path: Path) -> None:
+def test_eval_video_smoke(checkpoints, synthetic_data: dict, tmp_path: Path,
+                          capsys: pytest.CaptureFixture[str]) -> None:
     seg, cls = checkpoints
-    args = eval_video.parse_args([str(synthetic_data["test"]), "--seg", str(seg), "--cls", str(cls),
-                                  "--photos", "1", "--min-heads", "1", "--motions", "pan", "--frames", "8",
-                                  "--score-thresh", "0.0", "--out", str(tmp_path / "eval.json"), "--device", "cpu"])
-    report = eval_video.main(args)
+    argv = [str(synthetic_data["test"]), "--seg", str(seg), "--cls", str(cls),
+            "--photos", "1", "--min-heads", "1", "--motions", "pan", "--frames", "8",
+            "--score-thresh", "0.0", "--out", str(tmp_path / "eval.json"), "--device", "cpu"]
+    report = eval_video.main(eval_video.parse_args(argv))
+    assert "clips: 100%" in capsys.readouterr().err  # the progress bar over clips, by default
     assert report["clips"] == 1 and report["frames"] == 8
+    quiet = eval_video.main(eval_video.parse_args([*argv, "--no-progress"]))
+    assert "clips:" not in capsys.readouterr().err
+    assert quiet["tracking"] == report["tracking"]
     assert report["tracking"]["MOTA"] <= 1.0 and 0.0 <= report["tracking"]["IDF1"] <= 1.0
     assert report["attire"]["people"] >= 1
     assert json.loads((tmp_path / "eval.json").read_text())["tracking"] == report["tracking"]

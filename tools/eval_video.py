@@ -47,6 +47,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--source", help="schema source the set's categories follow (default: inferred)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", help="cpu, cuda... (default: cuda if available)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar (logs under nohup)")
     return parser.parse_args(argv)
 
 
@@ -61,7 +62,7 @@ def main(args: argparse.Namespace) -> dict:
     start = time.perf_counter()
     report = evaluate_clips(pipe, coco, chosen, args.motions, args.frames, stride=args.stride,
                             min_frames=args.min_frames, tracker=tracker_config(args, pipe.score_thresh), seed=args.seed,
-                            source=args.source)
+                            source=args.source, progress=not args.no_progress)
     report.update(coco=str(args.coco), image_ids=chosen, stride=args.stride, score_thresh=pipe.score_thresh,
                   track_thresh=args.track_thresh or pipe.score_thresh,
                   seconds=round(time.perf_counter() - start, 1),
