@@ -299,7 +299,8 @@ def masked_attribute_losses(logits: Mapping[str, torch.Tensor], targets: torch.T
     return losses
 
 
-def balanced_sample_weights(targets: torch.Tensor, crop_weights: torch.Tensor | None = None) -> torch.Tensor:
+def balanced_sample_weights(targets: torch.Tensor, crop_weights: torch.Tensor | None = None,
+                            attribute_weights: Sequence[float] | None = None) -> torch.Tensor:
     """Per-crop sampling weights so every attribute's rare values are seen.
 
     Each labelled (attribute, value) pair gets a total weight of 1, shared by its crops in
@@ -307,13 +308,16 @@ def balanced_sample_weights(targets: torch.Tensor, crop_weights: torch.Tensor | 
     the largest weight among its labels, so a crop of a rare value is drawn as often as any
     crop of a common value of the same attribute, whichever source it comes from. Every
     attribute's total weight is then its number of values, so attributes with more values
-    (and their sources) are drawn in proportion to that, not to their crop counts.
+    (and their sources) are drawn in proportion to that, not to their crop counts;
+    ``attribute_weights`` scale those totals.
 
     Args:
         targets: ``(N, A)`` int64 with ``-1`` for missing labels.
         crop_weights: ``(N,)`` relative weights of crops within the values they label (a crop
             set's ``weight`` in ``data.sources``); they move draws between the crops of one
             value, never between values. None: all 1.
+        attribute_weights: ``(A,)`` positive multipliers of each attribute's total (2: its
+            values drawn twice as often as with 1, against the other attributes'). None: all 1.
 
     Returns:
         ``(N,)`` float64 weights for ``torch.utils.data.WeightedRandomSampler``; a crop with
@@ -325,6 +329,10 @@ def balanced_sample_weights(targets: torch.Tensor, crop_weights: torch.Tensor | 
             raise ValueError(f"crop_weights of shape {tuple(crop_weights.shape)} for {targets.shape[0]} crops; "
                              "expected one positive weight per crop")
         share = crop_weights.to(torch.float64)
+    scale = [1.0] * targets.shape[1] if attribute_weights is None else [float(w) for w in attribute_weights]
+    if len(scale) != targets.shape[1] or not all(w > 0 for w in scale):
+        raise ValueError(f"attribute_weights {scale} for {targets.shape[1]} attributes; expected one "
+                         "positive weight per attribute")
     weights = torch.zeros_like(share)
     for a in range(targets.shape[1]):
         column = targets[:, a]
@@ -334,7 +342,7 @@ def balanced_sample_weights(targets: torch.Tensor, crop_weights: torch.Tensor | 
         totals = torch.zeros(int(column[labelled].max()) + 1, dtype=torch.float64)
         totals.index_add_(0, column[labelled], share[labelled])
         w = torch.zeros_like(weights)
-        w[labelled] = share[labelled] / totals[column[labelled]]
+        w[labelled] = scale[a] * share[labelled] / totals[column[labelled]]
         weights = torch.maximum(weights, w)
     return weights
 

@@ -35,6 +35,7 @@ from torchvision.transforms import v2
 from tqdm import tqdm
 
 from headseg.attributes import (
+    MISSING,
     AttributeSchema,
     attribute_class_weights,
     attribute_softmax,
@@ -493,7 +494,8 @@ def _sample_weights(dataset: AttributeCropDataset, cfg: ClsConfig) -> torch.Tens
     crop_weights = None
     if cfg.data.sources:
         crop_weights = torch.tensor([s.weight for s in cfg.data.sources])[_crop_set_of_each_crop(dataset)]
-    return balanced_sample_weights(dataset.targets, crop_weights)
+    attribute_weights = [float(cfg.data.attribute_draws.get(a, 1.0)) for a in dataset.schema.attributes]
+    return balanced_sample_weights(dataset.targets, crop_weights, attribute_weights)
 
 
 def draw_shares(dataset: AttributeCropDataset, cfg: ClsConfig) -> dict[str, dict[str, float]]:
@@ -510,6 +512,15 @@ def draw_shares(dataset: AttributeCropDataset, cfg: ClsConfig) -> dict[str, dict
                 out[f"{attribute}/{value}"] = {names[e]: round(float(weights[held & (entry == e)].sum()) / total, 3)
                                                for e in entry[held].unique().tolist()}
     return out
+
+
+def attribute_draw_shares(dataset: AttributeCropDataset, cfg: ClsConfig) -> dict[str, float]:
+    """Attribute -> the share of the sampler's draws that carry a label for it
+    (``data.attribute_draws`` moves these; a crop labelled for two attributes counts for both)."""
+    weights = _sample_weights(dataset, cfg)
+    total = float(weights.sum())
+    return {attribute: round(float(weights[dataset.targets[:, a] != MISSING].sum()) / total, 3)
+            for a, attribute in enumerate(dataset.schema.attributes)}
 
 
 def _loader(dataset: AttributeCropDataset, cfg: ClsConfig, epoch: int, train: bool) -> torch.utils.data.DataLoader:
@@ -613,6 +624,8 @@ def train_classifier(cfg: ClsConfig, out_dir: str | Path, resume: bool = False,
     log.info("attributes %s; train crops per value %s", schema.attributes, train_set.value_counts())
     if cfg.data.balance == "sampler" and len(sources) > 1:
         log.info("share of each value's draws by crop set %s", draw_shares(train_set, cfg))
+    if cfg.data.balance == "sampler" and len(schema.attributes) > 1:
+        log.info("share of the draws by attribute %s", attribute_draw_shares(train_set, cfg))
 
     model = build_classifier(cfg.model, len(schema.column_names)).to(device)
     weights = None

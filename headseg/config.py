@@ -146,6 +146,10 @@ class ClsDataConfig:
     # `sampler`, `loss` (class weights) or `none`; facemask is 26:1. With several attributes the
     # sampler gives every value of every attribute equal draws (attributes.balanced_sample_weights).
     balance: str = "sampler"
+    # With `balance: sampler` and a schema: each attribute's draws against the others', e.g.
+    # `{face_mask: 2}` draws face_mask's values twice as often as by default (attributes not
+    # named: 1). By default an attribute's share is its number of values over all the values.
+    attribute_draws: dict[str, float] = field(default_factory=dict)
     workers: int = 2
 
 
@@ -185,6 +189,9 @@ class ClsConfig:
 
     def __post_init__(self) -> None:
         sources = self.data.sources
+        if self.data.attribute_draws and (self.schema is None or self.data.balance != "sampler"):
+            raise ValueError(f"data.attribute_draws {dict(self.data.attribute_draws)} needs a schema of several "
+                             f"attributes and data.balance: sampler (balance is {self.data.balance!r})")
         if self.schema is None:
             if sources:
                 raise ValueError(f"data.sources names {[s.name for s in sources]} but there is no "
@@ -206,6 +213,11 @@ class ClsConfig:
         bad = [(s.name, s.weight) for s in sources if not s.weight > 0]
         if bad:
             raise ValueError(f"data.sources weights {bad} must be > 0 (1: drawn like the other crop sets)")
+        draws = self.data.attribute_draws
+        unknown = sorted(set(draws) - set(self.schema.attributes))
+        if unknown or not all(float(w) > 0 for w in draws.values()):
+            raise ValueError(f"data.attribute_draws {dict(draws)}: keys must be the schema's attributes "
+                             f"{list(self.schema.attributes)} and weights > 0 (1: the default share)")
 
 
 # ----------------------------------------------------------------------------- loading

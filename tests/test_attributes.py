@@ -160,6 +160,19 @@ def test_crop_weights_move_draws_within_a_value_only() -> None:
         balanced_sample_weights(targets, torch.zeros(7))
 
 
+def test_attribute_weights_move_draws_between_attributes_only() -> None:
+    # headwear: 2 helmets, 1 bare head; face_mask: 3 with_mask, 1 incorrect
+    targets = torch.tensor([[0, MISSING]] * 2 + [[1, MISSING]] + [[MISSING, 0]] * 3 + [[MISSING, 2]])
+    base, w = balanced_sample_weights(targets), balanced_sample_weights(targets, attribute_weights=[1.0, 3.0])
+    assert w[:3].sum() == pytest.approx(2.0) and w[3:].sum() == pytest.approx(6.0)  # face_mask: 2 values x 3
+    assert torch.allclose(w[:3], base[:3]) and torch.allclose(w[3:], 3 * base[3:])
+    assert w[3:6].sum() == pytest.approx(w[6])  # values within face_mask still drawn equally
+    assert torch.allclose(balanced_sample_weights(targets, attribute_weights=[1.0, 1.0]), base)
+    for bad in ([1.0], [1.0, 0.0]):
+        with pytest.raises(ValueError, match="one positive weight per attribute"):
+            balanced_sample_weights(targets, attribute_weights=bad)
+
+
 def test_face_to_head_box_geometry() -> None:
     face = torch.tensor([[40.0, 50.0, 60.0, 80.0]])  # 20 wide, 30 tall
     head = face_to_head_box(face, FaceToHead(width=1.5, top=0.5, bottom=0.1))

@@ -16,7 +16,14 @@ import yaml
 
 from headseg import Head, HeadwearPipeline, ImageResult
 from headseg.attributes import AttributePrediction, AttributeSchema, FaceToHead, faces_to_heads
-from headseg.classification import Classifier, classifier_checkpoint, draw_shares, normalize, predict_probs
+from headseg.classification import (
+    Classifier,
+    attribute_draw_shares,
+    classifier_checkpoint,
+    draw_shares,
+    normalize,
+    predict_probs,
+)
 from headseg.config import ClsConfig, SegConfig, load_config
 from headseg.crop_sets import AttributeCropDataset
 from headseg.engine import load_checkpoint, save_checkpoint
@@ -165,6 +172,25 @@ def test_a_crop_set_weight_sets_its_share_of_a_values_draws(config_file: Path, d
         by_set = shares[f"face_mask/{values[v]}"]
         assert sum(by_set.values()) == pytest.approx(1.0, abs=2e-3)
         assert by_set.get(f"faces:{val.parent}", 0.0) == pytest.approx(3 * b / (a + 3 * b), abs=1e-3)
+
+
+def test_attribute_draws_set_each_attributes_share(config_file: Path, data: dict) -> None:
+    """`data.attribute_draws: {face_mask: 3}` triples face_mask's draws against headwear's."""
+    sources = [{"name": "faces", "train_index": str(data["faces"]["crops_train"])},
+               {"name": "hats", "train_index": str(data["hats"]["crops_train"])}]
+    base = load_config(ClsConfig, config_file, [f"data.sources={json.dumps(sources)}"])
+    more = load_config(ClsConfig, config_file, [f"data.sources={json.dumps(sources)}",
+                                                "data.attribute_draws={face_mask: 3}"])
+    dataset = AttributeCropDataset([(s["name"], s["train_index"]) for s in sources], base.schema)
+    a, b = attribute_draw_shares(dataset, base), attribute_draw_shares(dataset, more)
+    assert sum(a.values()) == pytest.approx(1.0, abs=2e-3) and sum(b.values()) == pytest.approx(1.0, abs=2e-3)
+    assert b["face_mask"] / b["headwear"] == pytest.approx(3 * a["face_mask"] / a["headwear"], rel=1e-2)
+    assert 0 < a["face_mask"] < b["face_mask"] < 1
+    with pytest.raises(ValueError, match="attribute_draws"):
+        load_config(ClsConfig, config_file, [f"data.sources={json.dumps(sources)}", "data.attribute_draws={masks: 2}"])
+    with pytest.raises(ValueError, match="attribute_draws"):
+        load_config(ClsConfig, config_file, [f"data.sources={json.dumps(sources)}",
+                                             "data.attribute_draws={face_mask: 2}", "data.balance=loss"])
 
 
 # ----------------------------------------------------------------------------- training and eval
