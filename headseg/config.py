@@ -190,8 +190,8 @@ class ClsConfig:
     def __post_init__(self) -> None:
         sources = self.data.sources
         if self.data.attribute_draws and (self.schema is None or self.data.balance != "sampler"):
-            raise ValueError(f"data.attribute_draws {dict(self.data.attribute_draws)} needs a schema of several "
-                             f"attributes and data.balance: sampler (balance is {self.data.balance!r})")
+            raise ValueError(f"data.attribute_draws {dict(self.data.attribute_draws)} needs a `schema` with "
+                             f"data.sources and data.balance: sampler (balance is {self.data.balance!r})")
         if self.schema is None:
             if sources:
                 raise ValueError(f"data.sources names {[s.name for s in sources]} but there is no "
