@@ -31,6 +31,7 @@ from typing import Any
 import torch
 import torchvision
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torchvision.transforms import v2
 from tqdm import tqdm
 
@@ -472,6 +473,8 @@ def _check_train_config(cfg: ClsConfig) -> None:
                          "0 <= frozen_epochs <= epochs")
     if t.batch_size < 1 or t.patience < 1:
         raise ValueError(f"train.batch_size={t.batch_size}, train.patience={t.patience}; both must be >= 1")
+    if not 0 <= t.ema_decay < 1:
+        raise ValueError(f"train.ema_decay={t.ema_decay}; expected 0 (off) or a decay in (0, 1), e.g. 0.998")
 
 
 def _make_optimizer(model: nn.Module, cfg: ClsConfig, phase: str) -> torch.optim.Optimizer:
@@ -595,7 +598,10 @@ def train_classifier(cfg: ClsConfig, out_dir: str | Path, resume: bool = False,
     Writes ``last.pt`` every epoch (atomically, with optimizer, phase and RNG state, so
     ``resume=True`` continues), ``best.pt``, ``metrics.csv``, ``curves.png``, ``config.yaml``
     (:class:`headseg.engine.Checkpointer`) and the best epoch's val confusion matrices
-    (``val[_{attribute}]_confusion.png``/``.csv``) to ``out_dir``.
+    (``val[_{attribute}]_confusion.png``/``.csv``) to ``out_dir``. With ``train.ema_decay`` the
+    moving average of the weights (``torch.optim.swa_utils.AveragedModel``, batch-norm
+    statistics included) is what is validated and saved as ``model``; ``last.pt`` keeps the
+    trained weights too (``training_weights``) for ``--resume``.
 
     Returns:
         ``{"best": best val macro-F1, "best_epoch", "epochs": epochs run in total,
@@ -628,6 +634,8 @@ def train_classifier(cfg: ClsConfig, out_dir: str | Path, resume: bool = False,
         log.info("share of the draws by attribute %s", attribute_draw_shares(train_set, cfg))
 
     model = build_classifier(cfg.model, len(schema.column_names)).to(device)
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(t.ema_decay), use_buffers=True) \
+        if t.ema_decay else None
     weights = None
     if cfg.data.balance == "loss":
         weights = {k: w.to(device) for k, w in attribute_class_weights(train_set.targets, schema).items()}
@@ -642,7 +650,14 @@ def train_classifier(cfg: ClsConfig, out_dir: str | Path, resume: bool = False,
             raise ValueError(f"{checkpointer.last_path} was trained on {schema_of(state).attributes}, the "
                              f"crop sets give {schema.attributes}; resume with the same crop sets or "
                              "choose a new --out")
-        model.load_state_dict(state["model"])
+        if (ema is not None) != ("training_weights" in state):
+            raise ValueError(f"{checkpointer.last_path} was trained {'with' if 'training_weights' in state else 'without'}"
+                             f" averaged weights, this run has train.ema_decay={t.ema_decay}; resume with the "
+                             "run's own train.ema_decay or choose a new --out")
+        model.load_state_dict(state.get("training_weights", state["model"]))
+        if ema is not None:
+            ema.module.load_state_dict(state["model"])
+            ema.n_averaged.fill_(state["ema_updates"])
         bad_epochs, stopped = state["bad_epochs"], state["stopped_early"]
     checkpointer.write_config(to_dict(cfg))
 
@@ -670,22 +685,26 @@ def train_classifier(cfg: ClsConfig, out_dir: str | Path, resume: bool = False,
         stats = train_one_epoch(model, _loader(train_set, cfg, epoch, train=True), optimizer, compute_losses,
                                 epoch=epoch, epochs=t.epochs, steps=steps_per_epoch,
                                 last_good=checkpointer.last_path, hint="Lower train.lr",
-                                desc=f"epoch {epoch + 1}/{t.epochs} ({phase})", log_every=1, progress=progress)
+                                desc=f"epoch {epoch + 1}/{t.epochs} ({phase})", log_every=1, progress=progress,
+                                after_step=None if ema is None else lambda: ema.update_parameters(model))
         row = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"], "frozen": float(phase == "frozen"),
                "epoch_seconds": stats["seconds"],
                "crops_per_second": stats["samples"] / max(stats["seconds"], 1e-9), "loss": stats["loss"],
                **{k: v for k, v in stats.items() if k.startswith("loss/")}}
         matrices: dict[str, Any] = {}
+        kept = model if ema is None else ema.module  # what is validated and saved as `model`
         if val_set is not None:
-            last_metrics, matrices = _validate(model, val_set, cfg, device, progress)
+            last_metrics, matrices = _validate(kept, val_set, cfg, device, progress)
             row.update(last_metrics)
         # Macro-F1 saturates on small val sets (hardhat: 77 crops); the val loss breaks ties.
         score, tie = last_metrics.get("val/macro_f1", -row["loss"]), last_metrics.get("loss/val", row["loss"])
         bad_epochs = 0 if checkpointer.is_improvement(score, tie) else bad_epochs + 1
         stopped = bad_epochs >= t.patience and phase == "full" and epoch + 1 < t.epochs
+        averaged = {} if ema is None else {"training_weights": model.state_dict(),
+                                           "ema_updates": int(ema.n_averaged)}
         improved = checkpointer.end_epoch(epoch, classifier_checkpoint(
-            model, cfg, schema, metrics=last_metrics, phase=phase, bad_epochs=bad_epochs,
-            stopped_early=stopped, optimizer=optimizer.state_dict()), score, row, tie)
+            kept, cfg, schema, metrics=last_metrics, phase=phase, bad_epochs=bad_epochs,
+            stopped_early=stopped, optimizer=optimizer.state_dict(), **averaged), score, row, tie)
         if improved and matrices:
             write_attribute_reports(checkpointer.out_dir / "val", schema, matrices)
         if stopped:

@@ -174,6 +174,10 @@ class ClsTrainConfig:
     augment: bool = True  # flip, affine (shift/scale/rotate/shear), colour jitter, erasing
     seed: int = 0
     max_iters: int = 0  # steps per epoch cap (0: whole epoch): smoke runs, or epochs of set length
+    # > 0: validate, keep and ship an exponential moving average of the weights, updated after
+    # every step with this decay (0.998 averages over about the last 500 steps); 0: the weights
+    # as trained. The averaged weights move less from epoch to epoch than the trained ones.
+    ema_decay: float = 0.0
 
 
 @dataclass(frozen=True)

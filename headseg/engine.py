@@ -348,7 +348,8 @@ def train_one_epoch(model: nn.Module, loader: Iterable[Any], optimizer: torch.op
                     desc: str = "", log_every: int = 20, progress: bool = True,
                     log_seconds: float = 60.0, resume_from: dict[str, Any] | None = None,
                     save_every: float = 0.0,
-                    save_partial: Callable[[dict[str, Any]], None] | None = None) -> dict[str, float]:
+                    save_partial: Callable[[dict[str, Any]], None] | None = None,
+                    after_step: Callable[[], None] | None = None) -> dict[str, float]:
     """Train ``model`` for one epoch of at most ``steps`` batches.
 
     Args:
@@ -375,6 +376,7 @@ def train_one_epoch(model: nn.Module, loader: Iterable[Any], optimizer: torch.op
             The loader must already skip the batches done (:class:`EpochSampler`'s ``start``).
         save_every, save_partial: Every ``save_every`` seconds (0: never) after an optimizer step
             that does not end the epoch, ``save_partial(progress)`` writes a mid-epoch checkpoint.
+        after_step: Called after every optimizer step (e.g. to update averaged weights).
 
     Returns:
         Epoch means ``loss`` and ``loss/x``, plus ``steps``, ``samples`` and ``seconds``.
@@ -425,6 +427,8 @@ def train_one_epoch(model: nn.Module, loader: Iterable[Any], optimizer: torch.op
             optimizer.step()
         if scheduler is not None and stepped:
             scheduler.step()
+        if after_step is not None:
+            after_step()
         done, samples = done + 1, samples + count
         sums["loss"] = sums.get("loss", 0.0) + loss.item()
         for k, v in losses.items():
@@ -451,7 +455,8 @@ def train_one_epoch(model: nn.Module, loader: Iterable[Any], optimizer: torch.op
 # ----------------------------------------------------------------------------- run folders
 
 # Keys of the training state that stay in last.pt and never reach best.pt.
-TRAINING_STATE = ("optimizer", "scheduler", "scaler", "rng")
+# ``training_weights``: the weights being trained, where ``model`` holds their moving average.
+TRAINING_STATE = ("optimizer", "scheduler", "scaler", "rng", "training_weights")
 
 
 class Checkpointer:

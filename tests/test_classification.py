@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -14,6 +15,7 @@ from torch import nn
 
 from headseg import classification
 from headseg.classification import (
+    Classifier,
     ClassifierHead,
     build_classifier,
     classifier_checkpoint,
@@ -255,6 +257,38 @@ def test_early_stopping_stops(crop_sets: dict[str, Path], tmp_path: Path, monkey
     result = train_classifier(cfg, tmp_path, progress=False)
     assert result["stopped_early"] and result["epochs"] == 2 and result["best_epoch"] == 0
     assert train_classifier(cfg, tmp_path, resume=True, progress=False)["epochs"] == 2  # stays stopped
+
+
+def test_averaged_weights_are_validated_saved_and_resumed(crop_sets: dict[str, Path], tmp_path: Path) -> None:
+    # train.ema_decay: `model` is the moving average of the trained weights, updated after every
+    # step; last.pt keeps the trained ones, and resuming equals training straight through.
+    cfg = _cfg(crop_sets, "train.ema_decay=0.5", "train.frozen_epochs=1", "train.patience=5")
+    train_classifier(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, epochs=1)),
+                     tmp_path / "run", progress=False)
+    train_classifier(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, epochs=2)),
+                     tmp_path / "run", resume=True, progress=False)
+    resumed = load_checkpoint(tmp_path / "run" / "last.pt", "classifier")
+    straight_cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, epochs=2))
+    train_classifier(straight_cfg, tmp_path / "straight", progress=False)
+    straight = load_checkpoint(tmp_path / "straight" / "last.pt", "classifier")
+    assert resumed["ema_updates"] == straight["ema_updates"] == 4  # 2 epochs x 2 steps
+    for key in ("model", "training_weights"):
+        assert all(torch.equal(v, straight[key][k]) for k, v in resumed[key].items()), key
+    trained, averaged = resumed["training_weights"], resumed["model"]
+    moved = [k for k, v in trained.items() if v.is_floating_point() and not torch.equal(v, averaged[k])]
+    assert "classifier.1.weight" in moved  # the head moved, and its average lags behind
+    best = load_checkpoint(tmp_path / "run" / "best.pt", "classifier")
+    assert "training_weights" not in best and "optimizer" not in best
+    # the averaged weights are what the saved classifier runs
+    loaded = Classifier.load(tmp_path / "run" / "last.pt")
+    assert all(torch.equal(v.cpu(), averaged[k]) for k, v in loaded.model.state_dict().items())
+
+    with pytest.raises(ValueError, match="averaged weights.*train.ema_decay=0.0"):
+        train_classifier(dataclasses.replace(straight_cfg, train=dataclasses.replace(straight_cfg.train, ema_decay=0.0,
+                                                                                       epochs=3)),
+                         tmp_path / "straight", resume=True, progress=False)
+    with pytest.raises(ValueError, match="ema_decay"):
+        train_classifier(_cfg(crop_sets, "train.ema_decay=1.0"), tmp_path / "bad", progress=False)
 
 
 def test_non_finite_loss_names_epoch_and_step(crop_sets: dict[str, Path], tmp_path: Path) -> None:
