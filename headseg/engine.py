@@ -376,7 +376,7 @@ def train_one_epoch(model: nn.Module, loader: Iterable[Any], optimizer: torch.op
             The loader must already skip the batches done (:class:`EpochSampler`'s ``start``).
         save_every, save_partial: Every ``save_every`` seconds (0: never) after an optimizer step
             that does not end the epoch, ``save_partial(progress)`` writes a mid-epoch checkpoint.
-        after_step: Called after every optimizer step (e.g. to update averaged weights).
+        after_step: Called after every training step (e.g. to update averaged weights).
 
     Returns:
         Epoch means ``loss`` and ``loss/x``, plus ``steps``, ``samples`` and ``seconds``.
