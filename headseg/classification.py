@@ -46,7 +46,8 @@ from headseg.attributes import (
 )
 from headseg.config import ClsConfig, ClsModelConfig, ClsSourceConfig, CropConfig, from_dict, to_dict
 from headseg.crop_sets import AttributeCropDataset, CropIndexDataset, check_crop_rules, crop_rules, read_class_names
-from headseg.engine import Checkpointer, default_device, load_checkpoint, seed_everything, train_one_epoch
+from headseg.engine import (Checkpointer, default_device, load_checkpoint, lr_lambda, seed_everything,
+                            train_one_epoch)
 from headseg.evaluation import attribute_metrics, write_attribute_reports
 from headseg.weights import load_imagenet_state_dict, load_weights_file
 
@@ -473,6 +474,8 @@ def _check_train_config(cfg: ClsConfig) -> None:
                          "0 <= frozen_epochs <= epochs")
     if t.batch_size < 1 or t.patience < 1:
         raise ValueError(f"train.batch_size={t.batch_size}, train.patience={t.patience}; both must be >= 1")
+    if t.schedule not in ("constant", "cosine"):
+        raise ValueError(f"train.schedule={t.schedule!r} is not one of constant, cosine")
     if not 0 <= t.ema_decay < 1:
         raise ValueError(f"train.ema_decay={t.ema_decay}; expected 0 (off) or a decay in (0, 1), e.g. 0.998")
 
@@ -484,6 +487,20 @@ def _make_optimizer(model: nn.Module, cfg: ClsConfig, phase: str) -> torch.optim
     lr = t.lr if phase == "frozen" else t.lr * t.unfrozen_lr_factor
     params = [p for p in model.parameters() if p.requires_grad]
     return torch.optim.Adam(params, lr=lr, weight_decay=t.weight_decay)
+
+
+def _full_phase_scheduler(optimizer: torch.optim.Optimizer, cfg: ClsConfig, epoch: int,
+                          steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR | None:
+    """``train.schedule=cosine``: the full phase's lr for ``epoch``, stepped per step from where the
+    schedule stands at its start (it depends on the epoch alone, so a resumed run follows it too)."""
+    t = cfg.train
+    if t.schedule == "constant":
+        return None
+    factor = lr_lambda((t.epochs - t.frozen_epochs) * steps_per_epoch, 0, t.schedule)
+    offset = (epoch - t.frozen_epochs) * steps_per_epoch
+    for group in optimizer.param_groups:
+        group["initial_lr"] = t.lr * t.unfrozen_lr_factor
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: factor(offset + step))
 
 
 def _crop_set_of_each_crop(dataset: AttributeCropDataset) -> torch.Tensor:
@@ -586,7 +603,8 @@ def train_classifier(cfg: ClsConfig, out_dir: str | Path, resume: bool = False,
 
     Epochs ``< train.frozen_epochs`` train the new head alone (Adam, ``train.lr``) on a frozen
     backbone whose batch norms stay in eval mode; later epochs train everything at
-    ``lr * unfrozen_lr_factor``. The crop sets are ``data.train_index`` (one attribute over its
+    ``lr * unfrozen_lr_factor`` (constant, or with ``train.schedule=cosine`` decaying to 0 by the
+    last step). The crop sets are ``data.train_index`` (one attribute over its
     classes) or, with a ``schema``, every entry of ``data.sources`` together: each crop adds
     loss only for the attributes its source labels (:func:`headseg.attributes.masked_attribute_loss`).
     Imbalance is met by a ``WeightedRandomSampler`` that draws every value of every attribute
@@ -680,10 +698,11 @@ def train_classifier(cfg: ClsConfig, out_dir: str | Path, resume: bool = False,
                 optimizer.load_state_dict(state["optimizer"])
             log.info("epoch %d: %s phase, lr %.3g", epoch + 1, phase, optimizer.param_groups[0]["lr"])
         state = None
+        scheduler = _full_phase_scheduler(optimizer, cfg, epoch, steps_per_epoch) if phase == "full" else None
         torch.manual_seed(t.seed * 1000 + epoch)  # dropout and main-process augmentation
         train_mode(model)
         stats = train_one_epoch(model, _loader(train_set, cfg, epoch, train=True), optimizer, compute_losses,
-                                epoch=epoch, epochs=t.epochs, steps=steps_per_epoch,
+                                epoch=epoch, epochs=t.epochs, steps=steps_per_epoch, scheduler=scheduler,
                                 last_good=checkpointer.last_path, hint="Lower train.lr",
                                 desc=f"epoch {epoch + 1}/{t.epochs} ({phase})", log_every=1, progress=progress,
                                 after_step=None if ema is None else lambda: ema.update_parameters(model))

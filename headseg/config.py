@@ -167,6 +167,9 @@ class ClsTrainConfig:
     epochs: int = 12  # total, frozen phase included; val macro-F1 peaks at epochs 10-11
     lr: float = 1e-3  # Adam, head phase; a fresh head needs more than 2 short epochs at 1e-4
     unfrozen_lr_factor: float = 0.1  # whole network at 1e-4 after; 3e-4 was worse on facemask val
+    # After unfreezing: `constant` (lr * unfrozen_lr_factor throughout), or `cosine` (from there
+    # to 0 by the last epoch's last step, per step)
+    schedule: str = "constant"
     weight_decay: float = 1e-4
     label_smoothing: float = 0.05  # labels are noisy (see data README)
     patience: int = 4  # epochs without a better val macro-F1 before stopping

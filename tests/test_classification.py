@@ -291,6 +291,39 @@ def test_averaged_weights_are_validated_saved_and_resumed(crop_sets: dict[str, P
         train_classifier(_cfg(crop_sets, "train.ema_decay=1.0"), tmp_path / "bad", progress=False)
 
 
+def test_cosine_schedule_after_unfreezing_and_resume(crop_sets: dict[str, Path], tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    # train.schedule=cosine: the full phase's lr falls per step from lr * unfrozen_lr_factor to 0
+    # (1 frozen + 2 full epochs of 2 steps: half way after epoch 2, 0 after epoch 3); a run
+    # killed after epoch 2 and resumed trains the same weights as one straight through.
+    import headseg.engine as engine
+
+    cfg = _cfg(crop_sets, "train.schedule=cosine", "train.frozen_epochs=1", "train.epochs=3",
+               "train.patience=5", "train.lr=1e-3", "train.unfrozen_lr_factor=0.1")
+    train_classifier(cfg, tmp_path / "straight", progress=False)
+    lrs = [float(r["lr"]) for r in csv.DictReader((tmp_path / "straight" / "metrics.csv").open())]
+    assert lrs == pytest.approx([1e-3, 0.5e-4, 0.0], abs=1e-12)
+
+    real_save, saves = engine.save_checkpoint, []
+
+    def save_then_die(path, state):
+        real_save(path, state)
+        saves.append(Path(path).name)
+        if saves.count("last.pt") == 2:
+            raise KeyboardInterrupt("killed right after the second epoch's checkpoint")
+
+    monkeypatch.setattr(engine, "save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train_classifier(cfg, tmp_path / "run", progress=False)
+    monkeypatch.setattr(engine, "save_checkpoint", real_save)
+    train_classifier(cfg, tmp_path / "run", resume=True, progress=False)
+    resumed = load_checkpoint(tmp_path / "run" / "last.pt", "classifier")
+    straight = load_checkpoint(tmp_path / "straight" / "last.pt", "classifier")
+    assert all(torch.equal(v, straight["model"][k]) for k, v in resumed["model"].items())
+    with pytest.raises(ValueError, match="train.schedule='step'"):
+        train_classifier(_cfg(crop_sets, "train.schedule=step"), tmp_path / "bad", progress=False)
+
+
 def test_non_finite_loss_names_epoch_and_step(crop_sets: dict[str, Path], tmp_path: Path) -> None:
     with pytest.raises(NonFiniteLossError, match="epoch 1, step 2"):
         train_classifier(_cfg(crop_sets, "train.lr=1e30", "train.weight_decay=0"), tmp_path, progress=False)
