@@ -496,14 +496,11 @@ class HeadwearPipeline:
         flip: Classify each head crop and its mirror image and average the probabilities
             (test-time flip): twice the classifier's work, a gain on val (docs/RESULTS.md). The
             bundled default turns it on (:meth:`from_pretrained`, :data:`OPERATING_FLIP`).
-        seg_flip: Find heads in each image and its mirror image and merge them (test-time flip
-            of the segmenter, :func:`headseg.segmentation.fuse_flipped`): twice the
-            segmenter's work.
     """
 
     def __init__(self, segmenter: Segmenter, classifier: Classifier, device: str | torch.device = "cpu",
                  score_thresh: float | None = None, mask_thresh: float = 0.5, batch_size: int = 4,
-                 max_side: int = 2048, amp: bool = True, flip: bool = False, seg_flip: bool = False) -> None:
+                 max_side: int = 2048, amp: bool = True, flip: bool = False) -> None:
         if not isinstance(segmenter, Segmenter) or not isinstance(classifier, Classifier):
             raise TypeError(f"HeadwearPipeline takes a Segmenter and a Classifier, got "
                             f"{type(segmenter).__name__} and {type(classifier).__name__}; load them with "
@@ -533,7 +530,6 @@ class HeadwearPipeline:
         self.max_side = max_side
         self.amp = amp and self.device.type == "cuda"
         self.flip = flip
-        self.seg_flip = seg_flip
         self.score_thresh = score_thresh
 
     @property
@@ -560,8 +556,7 @@ class HeadwearPipeline:
             device: ``cpu``, ``cuda``... (default: CUDA when available).
             seg_overrides: Inference-time segmenter fields to change, e.g.
                 ``{"min_size": 640, "box_score_thresh": 0.3}`` (check val AP after).
-            **kwargs: ``score_thresh``, ``mask_thresh``, ``batch_size``, ``max_side``, ``amp``, ``flip``,
-                ``seg_flip``.
+            **kwargs: ``score_thresh``, ``mask_thresh``, ``batch_size``, ``max_side``, ``amp``, ``flip``.
         """
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         seg = Segmenter.load(segmenter, device, **(seg_overrides or {}))
@@ -693,8 +688,7 @@ class HeadwearPipeline:
 
     def _segment(self, tensors: list[torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """Stage 1: per image, the ``(boxes, scores, masks)`` of the heads kept (:func:`detect`)."""
-        dets = detect(self.segmenter, tensors, self.seg_config.model.box_from_mask, self.mask_thresh, self.amp,
-                      self.seg_flip)
+        dets = detect(self.segmenter, tensors, self.seg_config.model.box_from_mask, self.mask_thresh, self.amp)
         return [(d.boxes, d.scores, d.masks) for d in dets]
 
     def _backbone(self, images: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -190,7 +190,7 @@ def _crash_once() -> None:
 def predict_with_ray(inputs: Sequence[str | Path] | Any, out: str | Path, *,
                      seg: str | Path | None = None, cls: str | Path | None = None,
                      model: str | None = None, score_thresh: float | None = None, batch_size: int = 4,
-                     flip: bool | None = None, seg_flip: bool = False, rows_per_batch: int = 16,
+                     flip: bool | None = None, rows_per_batch: int = 16,
                      concurrency: int | None = None, cpus_per_actor: float = 1.0,
                      gpus_per_actor: float | None = None, max_restarts: int = 3,
                      max_task_retries: int = 3, ray_remote_args: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -214,7 +214,6 @@ def predict_with_ray(inputs: Sequence[str | Path] | Any, out: str | Path, *,
         batch_size: Images per segmenter forward pass (same-size images only).
         flip: Test-time flip of the head crops (``HeadwearPipeline``'s ``flip``; None: the bundled
             model's own choice, ``headseg.pipeline.OPERATING_FLIP``, or none with ``seg``/``cls``).
-        seg_flip: Test-time flip of the segmenter (``HeadwearPipeline``'s ``seg_flip``).
         rows_per_batch: Inputs per ``map_batches`` batch, hence per records file.
         concurrency: Actors (default: as many as the cluster's GPUs or CPUs can hold).
         cpus_per_actor: CPU cores per actor; also its torch threads.
@@ -287,7 +286,7 @@ def predict_with_ray(inputs: Sequence[str | Path] | Any, out: str | Path, *,
                                        "cls": str(cls) if cls else None,
                                        "device": "cuda" if gpus_per_actor else "cpu",
                                        "threads": int(cpus_per_actor), "score_thresh": score_thresh,
-                                       "batch_size": batch_size, "flip": flip, "seg_flip": seg_flip},
+                                       "batch_size": batch_size, "flip": flip},
                 **remote_args)
         for rows in results.iter_batches(batch_size=None, batch_format="numpy"):
             for source, part, reason, labels in zip(rows["source"], rows["part"], rows["reason"], rows["labels"]):

@@ -251,9 +251,9 @@ class Segmenter:
         return cls(model.eval().to(device), cfg, list(state["class_names"]))
 
     def detect(self, images: Sequence[torch.Tensor], mask_thresh: float = 0.5,
-               amp: bool = False, flip: bool = False) -> list[Detections]:
+               amp: bool = False) -> list[Detections]:
         """:func:`detect` with this checkpoint's own ``box_from_mask``."""
-        return detect(self.model, images, self.config.model.box_from_mask, mask_thresh, amp, flip)
+        return detect(self.model, images, self.config.model.box_from_mask, mask_thresh, amp)
 
 
 def load_segmenter(path: str | Path, device: str | torch.device = "cpu",
@@ -397,7 +397,7 @@ class Detections:
 
 @torch.inference_mode()
 def detect(model: MaskRCNN, images: Sequence[torch.Tensor], box_from_mask: bool, mask_thresh: float = 0.5,
-           amp: bool = False, flip: bool = False) -> list[Detections]:
+           amp: bool = False) -> list[Detections]:
     """Run a segmenter and turn its output into :class:`Detections`: the one detection path.
 
     Evaluation, crop-set writing and the pipeline all call this, so each sees what the others
@@ -411,24 +411,18 @@ def detect(model: MaskRCNN, images: Sequence[torch.Tensor], box_from_mask: bool,
         box_from_mask: Report each mask's tight box (the segmenter config's ``box_from_mask``).
         mask_thresh: Mask probability above which a pixel belongs to the head.
         amp: Autocast (fp16 on CUDA; ignored elsewhere).
-        flip: Test-time flip: run each image and its mirror image and merge the two sets of
-            heads (:func:`fuse_flipped`); twice the work.
 
     Returns:
         One :class:`Detections` per image, on the images' device.
     """
     device_type = images[0].device.type if len(images) else "cpu"
     with torch.autocast(device_type, enabled=amp and device_type == "cuda"):
-        if flip:
-            outputs, sizes = _flipped_outputs(model, images)
-        else:
-            batch, _ = model.transform(list(images))
-            features = model.backbone(batch.tensors.contiguous(memory_format=torch.channels_last))
-            proposals, _ = model.rpn(batch, features)
-            outputs, _ = model.roi_heads(features, proposals, batch.image_sizes)
-            sizes = batch.image_sizes
+        batch, _ = model.transform(list(images))
+        features = model.backbone(batch.tensors.contiguous(memory_format=torch.channels_last))
+        proposals, _ = model.rpn(batch, features)
+        outputs, _ = model.roi_heads(features, proposals, batch.image_sizes)
     detections = []
-    for out, resized, image in zip(outputs, sizes, images):
+    for out, resized, image in zip(outputs, batch.image_sizes, images):
         size = (image.shape[-2], image.shape[-1])
         boxes = resize_boxes(out["boxes"].float(), resized, size)
         masks = paste_masks(out["masks"], boxes, size)[:, 0] > mask_thresh
@@ -440,122 +434,14 @@ def detect(model: MaskRCNN, images: Sequence[torch.Tensor], box_from_mask: bool,
     return detections
 
 
-# A flipped pass keeps boxes down to this score (or the model's threshold, if lower), so that a
-# head one pass scores just under the model's threshold still counts for the merged score.
-FLIP_PASS_THRESH = 0.05
-
-
-def mirror_boxes(boxes: torch.Tensor, width: int) -> torch.Tensor:
-    """``(N, 4)`` xyxy boxes in an image ``width`` pixels wide -> the same boxes in its mirror image."""
-    return torch.stack([width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]], dim=1)
-
-
-def fuse_flipped(boxes: Sequence[torch.Tensor], scores: Sequence[torch.Tensor], labels: Sequence[torch.Tensor],
-                 iou_thresh: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Merge the detections of two passes over one image (the second mapped back from the mirror).
-
-    Greedily, most confident first, each detection takes the other pass's same-label detection
-    that overlaps it most, if their IoU is at least ``iou_thresh``: the pair becomes one head
-    with the score-weighted mean box and the mean score. A detection the other pass did not
-    find keeps its box at half its score (the other pass counts as 0), so a head both passes
-    see ranks above one only a single pass sees. A last NMS at ``iou_thresh`` removes any
-    overlap the merge created.
-
-    Args:
-        boxes, scores, labels: Two each: ``(N_i, 4)`` xyxy, ``(N_i,)``, ``(N_i,)`` of one pass.
-        iou_thresh: IoU at which two detections are one head (the model's ``nms_thresh``).
-
-    Returns:
-        ``(boxes (M, 4), scores (M,), labels (M,))``, most confident first.
-    """
-    all_boxes, all_scores, all_labels = torch.cat(list(boxes)), torch.cat(list(scores)), torch.cat(list(labels))
-    device = all_boxes.device
-    pass_of = torch.cat([torch.full((len(b),), i, device=device) for i, b in enumerate(boxes)])
-    iou = torchvision.ops.box_iou(all_boxes.float(), all_boxes.float())
-    same = (all_labels[:, None] == all_labels[None]) & (pass_of[:, None] != pass_of[None])
-    iou = torch.where(same, iou, torch.zeros_like(iou)).cpu().numpy()  # a small matrix: match on the host
-    weights = all_scores.float().cpu().numpy()
-    used = np.zeros(len(weights), bool)
-    pairs: list[tuple[int, int]] = []  # (i, j); j = -1: found by one pass only
-    for i in np.argsort(-weights, kind="stable"):
-        if used[i]:
-            continue
-        used[i] = True
-        candidates = np.where(used, 0.0, iou[i])
-        j = int(candidates.argmax()) if len(candidates) else -1
-        if j >= 0 and candidates[j] >= iou_thresh:
-            used[j] = True
-            pairs.append((int(i), j))
-        else:
-            pairs.append((int(i), -1))
-    if not pairs:
-        return all_boxes.float(), all_scores.float(), all_labels
-    first = torch.tensor([i for i, _ in pairs], device=device)
-    second = torch.tensor([i if j < 0 else j for i, j in pairs], device=device)
-    found_twice = torch.tensor([j >= 0 for _, j in pairs], device=device)
-    s1, s2 = all_scores[first].float(), all_scores[second].float()
-    s2 = torch.where(found_twice, s2, torch.zeros_like(s2))
-    fused_scores = (s1 + s2) / 2
-    w1 = (s1 / (s1 + s2).clamp_min(1e-12))[:, None]
-    fused_boxes = w1 * all_boxes[first].float() + (1 - w1) * all_boxes[second].float()
-    fused_labels = all_labels[first]
-    keep = torchvision.ops.batched_nms(fused_boxes, fused_scores, fused_labels, iou_thresh)  # sorted by score
-    return fused_boxes[keep], fused_scores[keep], fused_labels[keep]
-
-
-def _flipped_outputs(model: MaskRCNN, images: Sequence[torch.Tensor]
-                     ) -> tuple[list[dict[str, torch.Tensor]], list[tuple[int, int]]]:
-    """torchvision's eval output (``boxes``, ``scores``, ``labels``, ``masks`` in resized pixels)
-    with each image's heads merged from it and its mirror image; and the resized sizes.
-
-    The box stage runs on both at once, the boxes of the mirror are mapped back and merged
-    (:func:`fuse_flipped`), the model's score threshold and ``detections_per_img`` apply to the
-    merged heads, and each merged head's mask is the mean of the mask head's outputs for its
-    box in the image and in the mirror (mapped back).
-    """
-    heads = model.roi_heads
-    n = len(images)
-    batch, _ = model.transform(list(images) + [image.flip(-1) for image in images])
-    features = model.backbone(batch.tensors.contiguous(memory_format=torch.channels_last))
-    proposals, _ = model.rpn(batch, features)
-    sizes = batch.image_sizes
-    class_logits, box_regression = heads.box_predictor(heads.box_head(heads.box_roi_pool(features, proposals, sizes)))
-    thresh = heads.score_thresh
-    heads.score_thresh = min(thresh, FLIP_PASS_THRESH)
-    try:
-        boxes, scores, labels = heads.postprocess_detections(class_logits, box_regression, proposals, sizes)
-    finally:
-        heads.score_thresh = thresh
-    merged = []
-    for i in range(n):
-        fused = fuse_flipped((boxes[i], mirror_boxes(boxes[n + i], sizes[i][1])), (scores[i], scores[n + i]),
-                             (labels[i], labels[n + i]), heads.nms_thresh)
-        keep = torch.where(fused[1] >= thresh)[0][:heads.detections_per_img]
-        merged.append([t[keep] for t in fused])
-    mask_boxes = [b for b, _, _ in merged] + [mirror_boxes(b, sizes[i][1]) for i, (b, _, _) in enumerate(merged)]
-    counts = [len(b) for b, _, _ in merged]
-    label_index = torch.cat([lab for _, _, lab in merged] * 2)
-    if len(label_index):
-        logits = heads.mask_predictor(heads.mask_head(heads.mask_roi_pool(features, mask_boxes, sizes)))
-        probs = logits[torch.arange(len(label_index), device=logits.device), label_index].float().sigmoid()
-        total = sum(counts)
-        probs = (probs[:total] + probs[total:].flip(-1)) / 2  # the mirror's masks mapped back
-    else:  # no head in any image: nothing to paste
-        probs = class_logits.new_zeros((0, 1, 1))
-    outputs = [{"boxes": b, "scores": s, "labels": lab, "masks": m[:, None]}
-               for (b, s, lab), m in zip(merged, torch.split(probs, counts))]
-    return outputs, sizes[:n]
-
-
 def predict_dataset(model: MaskRCNN, dataset: HeadDataset, device: torch.device,
                     batch_size: int = 2, category_ids: Sequence[int] | None = None,
-                    progress: bool = True, box_from_mask: bool = False, flip: bool = False) -> list[dict[str, Any]]:
+                    progress: bool = True, box_from_mask: bool = False) -> list[dict[str, Any]]:
     """COCO results (bbox and RLE segm) of ``model`` on every image of ``dataset``.
 
     Args:
         category_ids: COCO category id of each model label 1..K; default: the label itself.
         box_from_mask: Report each mask's tight box instead of the box head's.
-        flip: Test-time flip (:func:`detect`).
     """
     from headseg.evaluation import to_coco_results  # noqa: PLC0415 (evaluation imports torch only)
 
@@ -564,7 +450,7 @@ def predict_dataset(model: MaskRCNN, dataset: HeadDataset, device: torch.device,
     model.eval()
     results: list[dict[str, Any]] = []
     for images, targets in tqdm(loader, desc="predict", disable=not progress, leave=False):
-        for det, tgt in zip(detect(model, [im.to(device) for im in images], box_from_mask, flip=flip), targets):
+        for det, tgt in zip(detect(model, [im.to(device) for im in images], box_from_mask), targets):
             labels = det.labels.cpu().numpy()
             cats = labels if category_ids is None else np.asarray(category_ids)[labels - 1]
             results += to_coco_results(tgt["image_id"], det.boxes.cpu().numpy(), det.scores.cpu().numpy(),
@@ -588,7 +474,7 @@ def category_ids_by_name(class_names: Sequence[str], coco: CocoHeads) -> list[in
 
 def evaluate_segmenter(model: MaskRCNN, coco: CocoHeads, device: torch.device,
                        class_names: Sequence[str] = ("head",), derived_mask: str = "ellipse",
-                       progress: bool = True, box_from_mask: bool = False, flip: bool = False
+                       progress: bool = True, box_from_mask: bool = False
                        ) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """COCO bbox and segm metrics of ``model`` on ``coco`` and the raw results.
 
@@ -596,7 +482,6 @@ def evaluate_segmenter(model: MaskRCNN, coco: CocoHeads, device: torch.device,
         class_names: The model's classes (label ``k`` is ``class_names[k - 1]``). ``["head"]``
             scores localisation alone (class-agnostic); other names are matched to ``coco``'s
             categories by name, whatever their ids there.
-        flip: Test-time flip (:func:`detect`).
     """
     from headseg.evaluation import coco_evaluate  # noqa: PLC0415
 
@@ -604,7 +489,7 @@ def evaluate_segmenter(model: MaskRCNN, coco: CocoHeads, device: torch.device,
     dataset = HeadDataset(coco, class_agnostic=agnostic, derived_mask=derived_mask)
     cat_ids = None if agnostic else category_ids_by_name(class_names, coco)
     results = predict_dataset(model, dataset, device, category_ids=cat_ids, progress=progress,
-                              box_from_mask=box_from_mask, flip=flip)
+                              box_from_mask=box_from_mask)
     metrics = coco_evaluate(coco.dataset, results, ("bbox", "segm"), class_agnostic=agnostic)
     return metrics, results
 

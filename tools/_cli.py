@@ -39,7 +39,7 @@ def load_pipeline(args: argparse.Namespace, **kwargs: Any) -> Any:
     if bool(args.seg) != bool(args.cls):
         raise ValueError("got only one of --seg and --cls; give both checkpoints, or neither "
                          "for the bundled model")
-    return load(args.seg, args.cls, args.model, args.device, flip=args.flip, seg_flip=args.seg_flip, **kwargs)
+    return load(args.seg, args.cls, args.model, args.device, flip=args.flip, **kwargs)
 
 
 def add_train_args(parser: argparse.ArgumentParser, configs: str, example: str) -> None:
@@ -54,8 +54,7 @@ def add_train_args(parser: argparse.ArgumentParser, configs: str, example: str) 
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:
-    """``--seg``/``--cls`` (trained checkpoints) or ``--model`` (a bundled one), ``--flip`` and
-    ``--seg-flip``, as :func:`load_pipeline` reads them."""
+    """``--seg``/``--cls`` (trained checkpoints) or ``--model`` (a bundled one), and ``--flip``, as :func:`load_pipeline` reads them."""
     from headseg.pipeline import DEFAULT_MODEL, PRETRAINED  # noqa: PLC0415
 
     parser.add_argument("--seg", type=Path, help="segmenter checkpoint (default: the bundled --model)")
@@ -63,9 +62,6 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", choices=sorted(PRETRAINED), default=DEFAULT_MODEL,
                         help="bundled model, when --seg/--cls are not given (docs/MODEL_CARD.md)")
     add_flip_arg(parser)
-    parser.add_argument("--seg-flip", action="store_true",
-                        help="find heads in each image and its mirror image and merge them "
-                             "(test-time flip of the segmenter: twice its work)")
 
 
 def add_flip_arg(parser: argparse.ArgumentParser) -> None:

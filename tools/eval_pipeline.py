@@ -87,9 +87,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="inference fields of both segmenters (two-stage and single-stage), "
                              "e.g. min_size=640 rpn_post_nms_top_n_test=1000")
     add_flip_arg(parser)
-    parser.add_argument("--seg-flip", action="store_true",
-                        help="test-time flip of the two-stage system's segmenter: heads merged from each "
-                             "image and its mirror image (twice the segmenter's work)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars (logs under nohup)")
     parser.add_argument("--out", type=Path, help="flat metrics JSON")
@@ -123,7 +120,7 @@ def main(args: argparse.Namespace) -> dict[str, float]:
     # A low threshold lets AP see the whole precision/recall curve.
     seg_overrides = parse_overrides(args.seg_set)
     pipe = HeadwearPipeline.from_checkpoint(args.seg, args.cls, args.device, seg_overrides, score_thresh=0.05,
-                                            flip=bool(args.flip), seg_flip=args.seg_flip)
+                                            flip=bool(args.flip))
     schema = pipe.schema
     gt = attribute_ground_truth(coco.dataset, schema, args.source or schema.source_of(coco.class_names),
                                 head_rule(args) if args.gt_faces else None)

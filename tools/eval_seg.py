@@ -41,9 +41,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (logs under nohup)")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="inference-time model fields, e.g. box_score_thresh=0.05")
-    parser.add_argument("--flip", action="store_true",
-                        help="test-time flip: merge the heads found in each image and its mirror image "
-                             "(twice the work; docs/RESULTS.md)")
     return parser.parse_args(argv)
 
 
@@ -53,8 +50,7 @@ def main(args: argparse.Namespace) -> dict[str, float]:
     coco = load_coco(args.annotations, args.image_root)
     metrics, results = evaluate_segmenter(model, coco, args.device, class_names,
                                           derived_mask=cfg.data.derived_mask,
-                                          box_from_mask=cfg.model.box_from_mask, progress=not args.no_progress,
-                                          flip=args.flip)
+                                          box_from_mask=cfg.model.box_from_mask, progress=not args.no_progress)
     print(format_metrics_table(metrics))
     if coco.derived_masks:
         print(f"note: masks in {args.annotations} are derived from boxes ({coco.derived_masks}); "

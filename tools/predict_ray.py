@@ -52,7 +52,6 @@ def main(args: argparse.Namespace) -> int:
         ray.init(address=args.address, runtime_env={"py_modules": [str(Path(__file__).resolve().parents[1] / "headseg")]})
     summary = predict_with_ray(args.inputs, args.out, seg=args.seg, cls=args.cls, model=args.model,
                                score_thresh=args.score_thresh, batch_size=args.batch_size, flip=args.flip,
-                               seg_flip=args.seg_flip,
                                rows_per_batch=args.rows_per_batch, concurrency=args.actors,
                                cpus_per_actor=args.cpus_per_actor, gpus_per_actor=args.gpus_per_actor)
     counts = summary["heads_per_class"]
