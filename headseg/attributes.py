@@ -299,6 +299,36 @@ def masked_attribute_losses(logits: Mapping[str, torch.Tensor], targets: torch.T
     return losses
 
 
+def distillation_loss(logits: Mapping[str, torch.Tensor], teacher_logits: Mapping[str, torch.Tensor],
+                      targets: torch.Tensor | None = None, temperature: float = 1.0) -> torch.Tensor:
+    """Knowledge distillation (Hinton et al., 2015): ``T^2 x KL(teacher || model)`` at temperature
+    ``T``, averaged over crops, summed over attributes.
+
+    Args:
+        logits: Attribute -> ``(N, values)`` logits of the model being trained.
+        teacher_logits: The same for the teacher: logits, or log-probabilities (a
+            :class:`headseg.classification.ClassifierEnsemble`'s output); detached.
+        targets: ``(N, A)`` labels with ``-1`` where a crop's source is silent: those crops add
+            nothing to that attribute's term. None: every crop counts for every attribute (the
+            teacher's guess stands where no label does).
+        temperature: ``T``; 1 keeps the teacher's probabilities as they are, higher softens both sides.
+
+    Returns:
+        A scalar; zero (still connected to the graph) for an attribute without crops.
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature={temperature}; expected > 0")
+    total = torch.zeros((), device=next(iter(logits.values())).device)
+    for a, (name, out) in enumerate(logits.items()):
+        log_q = F.log_softmax(out.float() / temperature, dim=-1)
+        p = F.softmax(teacher_logits[name].detach().float() / temperature, dim=-1)
+        kl = (torch.xlogy(p, p) - p * log_q).sum(-1)
+        if targets is not None:
+            kl = kl[targets[:, a] != MISSING]
+        total = total + (kl.mean() if kl.numel() else out.sum() * 0.0) * temperature ** 2
+    return total
+
+
 def balanced_sample_weights(targets: torch.Tensor, crop_weights: torch.Tensor | None = None,
                             attribute_weights: Sequence[float] | None = None) -> torch.Tensor:
     """Per-crop sampling weights so every attribute's rare values are seen.

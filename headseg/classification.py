@@ -41,6 +41,7 @@ from headseg.attributes import (
     attribute_class_weights,
     attribute_softmax,
     balanced_sample_weights,
+    distillation_loss,
     masked_attribute_loss,
     masked_attribute_losses,
 )
@@ -162,6 +163,8 @@ def classifier_head(model: nn.Module) -> ClassifierHead:
 
 
 def _num_classes(model: nn.Module) -> int:
+    if isinstance(model, ClassifierEnsemble):
+        return model.num_columns
     return [m for m in classifier_head(model) if isinstance(m, nn.Linear)][-1].out_features
 
 
@@ -186,6 +189,35 @@ def train_mode(model: nn.Module) -> nn.Module:
             if params and not any(p.requires_grad for p in params):
                 m.eval()
     return model
+
+
+class ClassifierEnsemble(nn.Module):
+    """Several classifiers of one schema as one model: the mean of their per-attribute probabilities.
+
+    Its output is the log of that mean, block by block, so it stands wherever a classifier's
+    logits do: :func:`headseg.attributes.attribute_softmax` of it gives the averaged probabilities
+    back. The members run one after the other on the same input; the cost is theirs summed.
+
+    Args:
+        members: Classifiers with the same output columns (``schema.column_names``), in eval mode.
+        schema: Their attributes.
+    """
+
+    def __init__(self, members: Sequence[nn.Module], schema: AttributeSchema) -> None:
+        super().__init__()
+        if not members:
+            raise ValueError("an ensemble needs at least one classifier")
+        self.members = nn.ModuleList(members)
+        self.sizes = [len(v) for v in schema.attributes.values()]  # per attribute; traceable by torch.fx
+
+    @property
+    def num_columns(self) -> int:
+        return sum(self.sizes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        probs = torch.stack([torch.cat([torch.softmax(block.float(), dim=-1) for block in m(x).split(self.sizes, dim=-1)],
+                                       dim=-1) for m in self.members]).mean(0)
+        return probs.clamp_min(1e-30).log()
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -282,13 +314,18 @@ class Classifier:
                              f"{self.schema.column_names}")
 
     @classmethod
-    def load(cls, path: str | Path | dict[str, Any], device: str | torch.device = "cpu") -> "Classifier":
+    def load(cls, path: str | Path | dict[str, Any] | Sequence[str | Path], device: str | torch.device = "cpu"
+             ) -> "Classifier":
         """Rebuild a trained classifier from its checkpoint alone (``weights_only=True``).
 
         Args:
-            path: ``best.pt``/``last.pt`` from ``tools/train_cls.py``, or such a checkpoint already loaded.
+            path: ``best.pt``/``last.pt`` from ``tools/train_cls.py``, or such a checkpoint already
+                loaded; a list of several: their ensemble (:meth:`ensemble`).
             device: Where to put the model.
         """
+        if isinstance(path, (list, tuple)):
+            members = [cls.load(p, device) for p in path]
+            return members[0] if len(members) == 1 else cls.ensemble(members, [str(p) for p in path])
         state = _state(path)
         prep = ClsPreprocessing.from_checkpoint(state)
         schema = schema_of(state)
@@ -297,6 +334,33 @@ class Classifier:
         model = build_classifier(dataclasses.replace(cfg.model, weights="none"), len(schema.column_names))
         model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state["model"].items()})
         return cls(model.eval().to(device), cfg, schema.column_names, prep, schema)
+
+
+    @classmethod
+    def ensemble(cls, members: Sequence["Classifier"], names: Sequence[str] | None = None) -> "Classifier":
+        """Several classifiers as one (:class:`ClassifierEnsemble`: their probabilities averaged).
+
+        They must share attributes, values and preprocessing (seeds of one recipe do); the
+        result keeps the first member's config.
+
+        Raises:
+            ValueError: no members, or members that differ in attributes or preprocessing
+                (named by ``names``, else by position).
+        """
+        if not members:
+            raise ValueError("an ensemble needs at least one classifier")
+        names = list(names) if names is not None else [f"classifier {i}" for i in range(len(members))]
+        first = members[0]
+        for name, other in zip(names[1:], members[1:]):
+            if list(other.schema.attributes.items()) != list(first.schema.attributes.items()):
+                raise ValueError(f"{name} predicts {other.schema.attributes}, {names[0]} "
+                                 f"{first.schema.attributes}; an ensemble needs the same attributes and values")
+            if other.preprocessing != first.preprocessing:
+                raise ValueError(f"{name} reads {other.preprocessing}, {names[0]} {first.preprocessing}; an "
+                                 "ensemble needs the same crops and mean/std")
+        device = next(first.model.parameters()).device
+        model = ClassifierEnsemble([m.model for m in members], first.schema).eval().to(device)
+        return cls(model, first.config, first.class_names, first.preprocessing, first.schema)
 
 
 def _state(checkpoint: str | Path | dict[str, Any]) -> dict[str, Any]:
@@ -478,6 +542,30 @@ def _check_train_config(cfg: ClsConfig) -> None:
         raise ValueError(f"train.schedule={t.schedule!r} is not one of constant, cosine")
     if not 0 <= t.ema_decay < 1:
         raise ValueError(f"train.ema_decay={t.ema_decay}; expected 0 (off) or a decay in (0, 1), e.g. 0.998")
+    if t.teachers and not (0 < t.distill_weight <= 1 and t.distill_temperature > 0):
+        raise ValueError(f"train.distill_weight={t.distill_weight}, train.distill_temperature="
+                         f"{t.distill_temperature}; expected a weight in (0, 1] and a temperature > 0")
+
+
+def load_teachers(paths: Sequence[str], schema: AttributeSchema, crop: CropConfig,
+                  device: torch.device) -> nn.Module:
+    """The distillation teachers (``train.teachers``) as one model in eval mode, channels-last.
+
+    Raises:
+        ValueError: a teacher predicts other attributes or values than ``schema``, or reads
+            other crops (crop rules, mean/std) than the model being trained.
+    """
+    teacher = Classifier.load(list(paths), device)
+    if list(teacher.schema.attributes.items()) != list(schema.attributes.items()):
+        raise ValueError(f"train.teachers {list(paths)} predict {teacher.schema.attributes}; the model being "
+                         f"trained predicts {schema.attributes}: teachers need the same attributes and values")
+    expected = ClsPreprocessing(IMAGENET_MEAN, IMAGENET_STD, crop)
+    if teacher.preprocessing != expected:
+        raise ValueError(f"train.teachers {list(paths)} read crops as {teacher.preprocessing}; the crop sets "
+                         f"are {expected}: cut the crops alike, or choose teachers trained on such crops")
+    model = teacher.model if isinstance(teacher.model, ClassifierEnsemble) else \
+        ClassifierEnsemble([teacher.model], schema)
+    return model.eval().to(device, memory_format=torch.channels_last)
 
 
 def _make_optimizer(model: nn.Module, cfg: ClsConfig, phase: str) -> torch.optim.Optimizer:
@@ -657,6 +745,11 @@ def train_classifier(cfg: ClsConfig, out_dir: str | Path, resume: bool = False,
     weights = None
     if cfg.data.balance == "loss":
         weights = {k: w.to(device) for k, w in attribute_class_weights(train_set.targets, schema).items()}
+    teacher = load_teachers(t.teachers, schema, cfg.crop, device) if t.teachers else None
+    if teacher is not None:
+        log.info("distilling from %d teacher(s) %s: weight %.2f, temperature %.2f, %s", len(teacher.members),
+                 list(t.teachers), t.distill_weight, t.distill_temperature,
+                 "every attribute" if t.distill_unlabelled else "labelled attributes only")
     steps_per_epoch = -(-len(train_set) // t.batch_size)
     if t.max_iters:
         steps_per_epoch = min(steps_per_epoch, t.max_iters)
@@ -681,12 +774,22 @@ def train_classifier(cfg: ClsConfig, out_dir: str | Path, resume: bool = False,
 
     def compute_losses(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[dict[str, torch.Tensor], int]:
         x, y = batch
-        logits = schema.split(model(normalize(x.to(device))))
+        x, y = normalize(x.to(device)), y.to(device)
+        logits = schema.split(model(x))
         if len(logits) == 1:
-            return {"loss": masked_attribute_loss(logits, y.to(device), t.label_smoothing, weights)}, len(y)
-        # one loss per attribute, logged as loss/<attribute> beside their sum
-        losses = masked_attribute_losses(logits, y.to(device), t.label_smoothing, weights)
-        return {f"loss_{name}": loss for name, loss in losses.items()}, len(y)
+            losses = {"loss": masked_attribute_loss(logits, y, t.label_smoothing, weights)}
+        else:  # one loss per attribute, logged as loss/<attribute> beside their sum
+            losses = {f"loss_{name}": loss for name, loss in
+                      masked_attribute_losses(logits, y, t.label_smoothing, weights).items()}
+        if teacher is None:
+            return losses, len(y)
+        # The teachers see the very batch the model does, augmentation included.
+        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16):
+            taught = schema.split(teacher(x.contiguous(memory_format=torch.channels_last)).float())
+        losses = {("loss_labels" if k == "loss" else k): v * (1 - t.distill_weight) for k, v in losses.items()}
+        losses["loss_distill"] = t.distill_weight * distillation_loss(
+            logits, taught, None if t.distill_unlabelled else y, t.distill_temperature)
+        return losses, len(y)
 
     start = checkpointer.start_epoch
     phase, optimizer, last_metrics, epoch = None, None, {}, start - 1

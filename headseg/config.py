@@ -181,6 +181,16 @@ class ClsTrainConfig:
     # every step with this decay (0.998 averages over about the last 500 steps); 0: the weights
     # as trained. The averaged weights move less from epoch to epoch than the trained ones.
     ema_decay: float = 0.0
+    # Knowledge distillation: classifier checkpoints (several: the mean of their probabilities)
+    # whose output on each augmented training batch the model learns besides the labels:
+    # (1 - distill_weight) x the labels' loss + distill_weight x T^2 x KL(teachers || model) at
+    # temperature T = distill_temperature, summed over the attributes. `distill_unlabelled`: also on
+    # the attributes a crop's source does not label (the teachers' guesses there). Teachers run in
+    # bf16 autocast. Empty: no distillation.
+    teachers: tuple[str, ...] = ()
+    distill_weight: float = 0.5
+    distill_temperature: float = 1.0
+    distill_unlabelled: bool = True
 
 
 @dataclass(frozen=True)
