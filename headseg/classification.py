@@ -208,16 +208,20 @@ class ClassifierEnsemble(nn.Module):
         if not members:
             raise ValueError("an ensemble needs at least one classifier")
         self.members = nn.ModuleList(members)
-        self.sizes = [len(v) for v in schema.attributes.values()]  # per attribute; traceable by torch.fx
+        ends = torch.tensor([len(v) for v in schema.attributes.values()]).cumsum(0).tolist()
+        # Each attribute's columns as Python ints, so torch.fx can trace (and fold) the ensemble.
+        self.blocks = list(zip([0, *ends[:-1]], ends))
 
     @property
     def num_columns(self) -> int:
-        return sum(self.sizes)
+        return self.blocks[-1][1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        probs = torch.stack([torch.cat([torch.softmax(block.float(), dim=-1) for block in m(x).split(self.sizes, dim=-1)],
-                                       dim=-1) for m in self.members]).mean(0)
-        return probs.clamp_min(1e-30).log()
+        probs = []
+        for member in self.members:
+            z = member(x).float()
+            probs.append(torch.cat([torch.softmax(z[:, a:b], dim=-1) for a, b in self.blocks], dim=-1))
+        return torch.stack(probs).mean(0).clamp_min(1e-30).log()
 
 
 # ----------------------------------------------------------------------------- checkpoints

@@ -545,14 +545,15 @@ class HeadwearPipeline:
         self.segmenter.roi_heads.score_thresh = float(value)
 
     @classmethod
-    def from_checkpoint(cls, segmenter: str | Path, classifier: str | Path,
+    def from_checkpoint(cls, segmenter: str | Path, classifier: str | Path | Sequence[str | Path],
                         device: str | torch.device | None = None,
                         seg_overrides: dict[str, Any] | None = None, **kwargs: Any) -> "HeadwearPipeline":
         """Build the pipeline from the two checkpoints written by the training tools.
 
         Args:
             segmenter: ``best.pt`` of ``tools/train_seg.py``.
-            classifier: ``best.pt`` of ``tools/train_cls.py``.
+            classifier: ``best.pt`` of ``tools/train_cls.py``; several: their ensemble, the mean of
+                their probabilities (:meth:`headseg.classification.Classifier.ensemble`).
             device: ``cpu``, ``cuda``... (default: CUDA when available).
             seg_overrides: Inference-time segmenter fields to change, e.g.
                 ``{"min_size": 640, "box_score_thresh": 0.3}`` (check val AP after).
@@ -745,7 +746,7 @@ def _fold_batchnorm(model: nn.Module) -> nn.Module:
         return model
 
 
-def load_pipeline(seg: str | Path | None, cls: str | Path | None, model: str | None = None,
+def load_pipeline(seg: str | Path | None, cls: str | Path | Sequence[str | Path] | None, model: str | None = None,
                   device: str | torch.device | None = None, **kwargs: Any) -> HeadwearPipeline:
     """Trained checkpoints (``seg`` and ``cls``) or, without them, the bundled ``model``, as the
     command lines and the Ray actors load a pipeline. ``score_thresh=None`` means the bundled

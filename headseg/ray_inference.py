@@ -103,7 +103,8 @@ class HeadwearPredictor:
 
     Args:
         out: Output folder (shared by every node: a network file system or a mounted bucket).
-        seg, cls: Checkpoints of the two stages; both None for the bundled ``model``.
+        seg, cls: Checkpoints of the two stages (several classifiers: their ensemble); both None
+            for the bundled ``model``.
         model: Bundled model name (``headseg.pipeline.PRETRAINED``; None: the default), when
             seg and cls are None.
         device: ``cpu`` or ``cuda`` (Ray gives a GPU actor its own ``CUDA_VISIBLE_DEVICES``).
@@ -111,7 +112,7 @@ class HeadwearPredictor:
         **pipeline_kwargs: ``score_thresh``, ``batch_size``... for the pipeline.
     """
 
-    def __init__(self, out: str, seg: str | None, cls: str | None, model: str | None, device: str, threads: int,
+    def __init__(self, out: str, seg: str | None, cls: str | list[str] | None, model: str | None, device: str, threads: int,
                  **pipeline_kwargs: Any) -> None:
         import torch  # noqa: PLC0415
 
@@ -188,7 +189,7 @@ def _crash_once() -> None:
 
 
 def predict_with_ray(inputs: Sequence[str | Path] | Any, out: str | Path, *,
-                     seg: str | Path | None = None, cls: str | Path | None = None,
+                     seg: str | Path | None = None, cls: str | Path | Sequence[str | Path] | None = None,
                      model: str | None = None, score_thresh: float | None = None, batch_size: int = 4,
                      flip: bool | None = None, rows_per_batch: int = 16,
                      concurrency: int | None = None, cpus_per_actor: float = 1.0,
@@ -283,7 +284,8 @@ def predict_with_ray(inputs: Sequence[str | Path] | Any, out: str | Path, *,
                 compute=ray.data.ActorPoolStrategy(size=concurrency),
                 num_cpus=cpus_per_actor, num_gpus=gpus_per_actor,
                 fn_constructor_kwargs={"out": str(out), "seg": str(seg) if seg else None, "model": model,
-                                       "cls": str(cls) if cls else None,
+                                       "cls": ([str(c) for c in cls] if isinstance(cls, (list, tuple))
+                                               else str(cls) if cls else None),
                                        "device": "cuda" if gpus_per_actor else "cpu",
                                        "threads": int(cpus_per_actor), "score_thresh": score_thresh,
                                        "batch_size": batch_size, "flip": flip},

@@ -13,6 +13,7 @@ from headseg.attributes import (
     attribute_class_weights,
     attribute_softmax,
     balanced_sample_weights,
+    distillation_loss,
     face_to_head_box,
     fit_face_to_head,
     masked_attribute_loss,
@@ -129,6 +130,49 @@ def test_columns_softmax_and_decoding() -> None:
         SCHEMA.split(torch.zeros(1, 4))
     with pytest.raises(ValueError, match="wrong shape"):
         AttributeSchema.from_dict({"attributes": ["helmet", "none"]})
+
+
+def test_distillation_loss_is_kl_to_the_teacher_times_t_squared() -> None:
+    torch.manual_seed(0)
+    student = SCHEMA.split(torch.randn(4, len(SCHEMA.column_names), requires_grad=True))
+    teacher = SCHEMA.split(torch.randn(4, len(SCHEMA.column_names)))
+    for t in (1.0, 3.0):
+        want = sum(F.kl_div(F.log_softmax(student[a] / t, -1), F.softmax(teacher[a] / t, -1),
+                            reduction="batchmean") * t * t for a in SCHEMA.names)
+        assert torch.allclose(distillation_loss(student, teacher, temperature=t), want)
+    # A teacher's log-probabilities teach as its logits do (softmax drops the per-row shift).
+    log_probs = {a: F.log_softmax(v, -1) for a, v in teacher.items()}
+    assert torch.allclose(distillation_loss(student, log_probs), distillation_loss(student, teacher))
+    # Nothing to learn from oneself; at T = 1 the gradient is (model - teacher probabilities) / N.
+    same = {a: v.detach() for a, v in student.items()}
+    assert distillation_loss(student, same).abs() < 1e-6
+    grad = torch.autograd.grad(distillation_loss(student, teacher), student["face_mask"])[0]
+    assert torch.allclose(grad, (F.softmax(student["face_mask"], -1) - F.softmax(teacher["face_mask"], -1)) / 4,
+                          atol=1e-6)
+
+
+def test_distillation_with_labels_skips_the_attributes_a_source_does_not_label() -> None:
+    torch.manual_seed(0)
+    head = torch.nn.Linear(8, len(SCHEMA.column_names))
+    features = torch.randn(4, 8)
+    teacher = SCHEMA.split(torch.randn(4, len(SCHEMA.column_names)))
+    targets = torch.tensor([[0, MISSING], [1, MISSING], [MISSING, 2], [MISSING, 0]])
+    student = SCHEMA.split(head(features))
+    want = (F.kl_div(F.log_softmax(student["headwear"][:2], -1), F.softmax(teacher["headwear"][:2], -1),
+                     reduction="batchmean")
+            + F.kl_div(F.log_softmax(student["face_mask"][2:], -1), F.softmax(teacher["face_mask"][2:], -1),
+                       reduction="batchmean"))
+    assert torch.allclose(distillation_loss(student, teacher, targets), want)
+    # hhw crops (rows 0-1) give the face_mask rows of the head no gradient; without targets they do.
+    rows = _rows(head, "face_mask")
+    grad = torch.autograd.grad(distillation_loss(SCHEMA.split(head(features[:2])), SCHEMA.split(
+        torch.randn(2, 5)), targets[:2]), head.weight)[0]
+    assert torch.count_nonzero(grad[rows]) == 0
+    grad = torch.autograd.grad(distillation_loss(SCHEMA.split(head(features[:2])), SCHEMA.split(
+        torch.randn(2, 5))), head.weight)[0]
+    assert torch.count_nonzero(grad[rows]) > 0
+    with pytest.raises(ValueError, match="temperature"):
+        distillation_loss(student, teacher, temperature=0.0)
 
 
 def test_class_weights_per_attribute() -> None:

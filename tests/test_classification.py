@@ -14,8 +14,10 @@ import torch
 from torch import nn
 
 from headseg import classification
+from headseg.attributes import AttributeSchema
 from headseg.classification import (
     Classifier,
+    ClassifierEnsemble,
     ClassifierHead,
     build_classifier,
     classifier_checkpoint,
@@ -32,6 +34,7 @@ from headseg.classification import (
 from headseg.crop_sets import CropIndexDataset, check_crop_rules
 from headseg.evaluation import plot_worst_mistakes
 from headseg.config import ClsConfig, ClsModelConfig, CropConfig, SegConfig, load_config
+from headseg.pipeline import _fold_batchnorm
 from headseg.segmentation import build_segmenter, segmenter_checkpoint
 from headseg.engine import NonFiniteLossError, load_checkpoint, save_checkpoint
 from tests.conftest import TINY_SEG
@@ -157,6 +160,51 @@ def test_test_time_flip_averages_a_crop_and_its_mirror_image() -> None:
     assert torch.allclose(predict_probs(model, symmetric, flip=True), predict_probs(model, symmetric), atol=1e-6)
 
 
+TWO = AttributeSchema.from_dict({
+    "attributes": {"headwear": ["helmet", "none"], "face_mask": ["with_mask", "without_mask", "incorrect"]},
+    "sources": {"hhw": {"helmet": "headwear/helmet", "head": "headwear/none"}}})
+
+
+def _saved_classifier(path: Path, seed: int, schema: AttributeSchema | list[str] = TWO, size: int = 32) -> nn.Module:
+    """A random classifier with batch-norm statistics and head weights of its own, saved to ``path``."""
+    torch.manual_seed(seed)
+    classes = schema.column_names if isinstance(schema, AttributeSchema) else schema
+    model = build_classifier(TINY, len(classes))
+    model(torch.randn(8, 3, size, size) * 3)  # train mode: running statistics that differ by seed
+    torch.nn.init.normal_(classifier_head(model)[-1].weight, std=1.0)
+    save_checkpoint(path, classifier_checkpoint(model.eval(), ClsConfig(model=TINY, crop=CropConfig(size=size)),
+                                                schema, epoch=0))
+    return model
+
+
+def test_ensemble_averages_its_members_probabilities(tmp_path: Path) -> None:
+    x = normalize(torch.rand(6, 3, 32, 32))
+    members = [_saved_classifier(tmp_path / f"s{seed}.pt", seed) for seed in (0, 1)]
+    probs = [predict_probs(m, x, schema=TWO) for m in members]
+    assert not torch.allclose(probs[0], probs[1], atol=1e-3)
+    ensemble = Classifier.load([tmp_path / "s0.pt", tmp_path / "s1.pt"])
+    assert isinstance(ensemble.model, ClassifierEnsemble) and ensemble.schema == TWO
+    assert ensemble.class_names == TWO.column_names and ensemble.preprocessing.input_size == 32
+    mean = (probs[0] + probs[1]) / 2
+    assert torch.allclose(predict_probs(ensemble.model, x, schema=TWO), mean, atol=1e-6)
+    flipped = [predict_probs(m, x, schema=TWO, flip=True) for m in members]
+    assert torch.allclose(predict_probs(ensemble.model, x, schema=TWO, flip=True), (flipped[0] + flipped[1]) / 2,
+                          atol=1e-6)
+    # The pipeline's folded copy: no batch norm left, the same probabilities.
+    folded = _fold_batchnorm(ensemble.model)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+    assert torch.allclose(predict_probs(folded, x, schema=TWO), mean, atol=1e-5)
+    # One checkpoint in a list is that classifier.
+    assert not isinstance(Classifier.load([tmp_path / "s0.pt"]).model, ClassifierEnsemble)
+
+    _saved_classifier(tmp_path / "single.pt", 2, ["a", "b", "c", "d", "e"])
+    with pytest.raises(ValueError, match="single.pt predicts .*same attributes and values"):
+        Classifier.load([tmp_path / "s0.pt", tmp_path / "single.pt"])
+    _saved_classifier(tmp_path / "big.pt", 3, size=48)
+    with pytest.raises(ValueError, match="big.pt reads .*same crops"):
+        Classifier.load([tmp_path / "s0.pt", tmp_path / "big.pt"])
+
+
 # ----------------------------------------------------------------------------- crop sets
 
 
@@ -241,6 +289,10 @@ def test_train_resume_and_eval_tools(crop_sets: dict[str, Path], tmp_path: Path)
     flipped = eval_cls.main(eval_cls.parse_args([str(out / "best.pt"), str(crop_sets["val"]), "--flip",
                                                  "--out", str(tmp_path / "ev" / "flip.json"), "--no-progress"]))
     assert flipped.keys() == metrics.keys() and flipped["num_crops"] == metrics["num_crops"]
+    # Several checkpoints: their ensemble; a model averaged with itself scores as it does alone.
+    twice = eval_cls.main(eval_cls.parse_args([str(out / "best.pt"), str(out / "best.pt"), str(crop_sets["val"]),
+                                               "--out", str(tmp_path / "ev" / "twice.json"), "--no-progress"]))
+    assert twice == pytest.approx(metrics, abs=1e-6)
 
 
 @pytest.mark.parametrize("balance", ["sampler", "loss"])
@@ -289,6 +341,47 @@ def test_averaged_weights_are_validated_saved_and_resumed(crop_sets: dict[str, P
                          tmp_path / "straight", resume=True, progress=False)
     with pytest.raises(ValueError, match="ema_decay"):
         train_classifier(_cfg(crop_sets, "train.ema_decay=1.0"), tmp_path / "bad", progress=False)
+
+
+def test_distillation_from_teachers_trains_resumes_and_checks_them(crop_sets: dict[str, Path],
+                                                                   tmp_path: Path) -> None:
+    train_classifier(_cfg(crop_sets), tmp_path / "teacher", progress=False)
+    teacher = tmp_path / "teacher" / "best.pt"
+    cfg = _cfg(crop_sets, f"train.teachers=[{teacher},{teacher}]", "train.distill_weight=0.7",
+               "train.frozen_epochs=1", "train.patience=5")
+    train_classifier(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, epochs=1)),
+                     tmp_path / "run", progress=False)
+    two = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, epochs=2))
+    train_classifier(two, tmp_path / "run", resume=True, progress=False)
+    train_classifier(two, tmp_path / "straight", progress=False)
+    # The teachers draw no random numbers: a resumed run equals one straight through.
+    resumed, straight = (load_checkpoint(tmp_path / run / "last.pt", "classifier") for run in ("run", "straight"))
+    assert all(torch.equal(v, straight["model"][k]) for k, v in resumed["model"].items())
+    rows = list(csv.DictReader((tmp_path / "run" / "metrics.csv").open()))
+    assert len(rows) == 2
+    for row in rows:  # both terms logged, already weighted, summing to the loss
+        labels, distill = float(row["loss/labels"]), float(row["loss/distill"])
+        assert distill > 0 and labels > 0
+        assert abs(float(row["loss"]) - labels - distill) < 1e-3
+    # A model that starts as its teacher and does not move (lr 0, frozen batch norms, no dropout)
+    # has nothing to learn from it: the teacher's term is zero up to its bf16 rounding.
+    torch.save(Classifier.load(teacher).model.state_dict(), tmp_path / "teacher.pth")
+    own = _cfg(crop_sets, f"train.teachers=[{teacher}]", "train.distill_weight=1.0", "train.lr=0",
+               "train.frozen_epochs=1", "model.dropout=0", f"model.weights={tmp_path / 'teacher.pth'}")
+    train_classifier(own, tmp_path / "own", progress=False)
+    row = next(csv.DictReader((tmp_path / "own" / "metrics.csv").open()))
+    assert 0 <= float(row["loss/distill"]) < 1e-2
+
+    # Teachers must predict what the model does, from the same crops.
+    names = Classifier.load(teacher).class_names
+    _saved_classifier(tmp_path / "big.pt", 0, names, size=48)
+    _saved_classifier(tmp_path / "other.pt", 0, sorted(names))
+    for bad, message in (("big.pt", "read crops as"), ("other.pt", "need the same attributes and values")):
+        with pytest.raises(ValueError, match=message):
+            train_classifier(_cfg(crop_sets, f"train.teachers=[{tmp_path / bad}]"), tmp_path / "bad", progress=False)
+    with pytest.raises(ValueError, match="distill_weight"):
+        train_classifier(_cfg(crop_sets, f"train.teachers=[{teacher}]", "train.distill_weight=0"),
+                         tmp_path / "bad", progress=False)
 
 
 def test_cosine_schedule_after_unfreezing_and_resume(crop_sets: dict[str, Path], tmp_path: Path,

@@ -369,6 +369,11 @@ def test_end_to_end_evaluation_per_attribute(seg_path: Path, trained: Path, data
         [str(data["hats"]["val"]), "--seg", str(seg_path), "--cls", str(trained / "best.pt"), "--source", "hats"]))
     assert "two_stage/headwear/bbox/AP50/helmet" in hats and not any("/face_mask/" in k for k in hats)
     assert "pipeline:" in capsys.readouterr().err  # the progress bar, by default
+    # Several --cls: their ensemble; a model averaged with itself scores as it does alone.
+    twice = eval_pipeline.main(eval_pipeline.parse_args(
+        [str(data["hats"]["val"]), "--seg", str(seg_path), "--cls", str(trained / "best.pt"), str(trained / "best.pt"),
+         "--source", "hats", "--no-progress"]))
+    assert twice.keys() == hats.keys() and all(twice[k] == pytest.approx(hats[k], abs=1e-3) for k in hats)
     flipped = eval_pipeline.main(eval_pipeline.parse_args(
         [str(data["hats"]["val"]), "--seg", str(seg_path), "--cls", str(trained / "best.pt"), "--source", "hats",
          "--flip", "--no-progress", "--all-values"]))

@@ -58,7 +58,8 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     from headseg.pipeline import DEFAULT_MODEL, PRETRAINED  # noqa: PLC0415
 
     parser.add_argument("--seg", type=Path, help="segmenter checkpoint (default: the bundled --model)")
-    parser.add_argument("--cls", type=Path, help="classifier checkpoint (default: the bundled --model)")
+    parser.add_argument("--cls", type=Path, nargs="+",
+                        help="classifier checkpoint; several: their ensemble (default: the bundled --model)")
     parser.add_argument("--model", choices=sorted(PRETRAINED), default=DEFAULT_MODEL,
                         help="bundled model, when --seg/--cls are not given (docs/MODEL_CARD.md)")
     add_flip_arg(parser)

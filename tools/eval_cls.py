@@ -17,6 +17,9 @@ Examples:
         --out runs/cls_hardhat/eval_test.json
     python tools/eval_cls.py runs/cls_multi/best.pt work_data/crops_facemask_head/val/index.csv \\
         --source facemask --out runs/cls_multi/eval_facemask_val.json
+    # an ensemble of seeds: their probabilities averaged
+    python tools/eval_cls.py runs/cls_multi_s0/best.pt runs/cls_multi_s1/best.pt \\
+        work_data/crops_facemask_head/val/index.csv --out runs/ensemble/eval_facemask_val.json
 """
 
 from __future__ import annotations
@@ -43,7 +46,8 @@ from tools._cli import add_flip_arg, run  # noqa: E402
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("checkpoint", type=Path, help="best.pt from tools/train_cls.py")
+    parser.add_argument("checkpoint", type=Path, nargs="+",
+                        help="best.pt from tools/train_cls.py; several: their ensemble (probabilities averaged)")
     parser.add_argument("index", type=Path, help="index.csv from tools/make_crops.py")
     parser.add_argument("--out", type=Path, required=True, help="metrics JSON; other files beside it")
     parser.add_argument("--source", help="schema source that labelled the crops (default: inferred)")
@@ -72,7 +76,7 @@ def main(args: argparse.Namespace) -> dict[str, float]:
                                 schema, list(matrices))
     write_json(args.out, metrics)
 
-    print(f"{args.checkpoint} on {args.index} ({len(result.paths)} crops, source {result.source}):")
+    print(f"{' + '.join(map(str, args.checkpoint))} on {args.index} ({len(result.paths)} crops, source {result.source}):")
     print(format_metrics_table(metrics))
     print(f"metrics: {args.out}; confusion, mistakes and predictions beside it")
     return metrics

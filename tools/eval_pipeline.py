@@ -69,7 +69,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("annotations", type=Path, help="COCO JSON whose categories are attire labels")
     parser.add_argument("--seg", type=Path, required=True, help="class-agnostic segmenter checkpoint")
-    parser.add_argument("--cls", type=Path, required=True, help="attire classifier checkpoint")
+    parser.add_argument("--cls", type=Path, nargs="+", required=True,
+                        help="attire classifier checkpoint; several: their ensemble (probabilities averaged)")
     parser.add_argument("--single-stage", type=Path, help="Mask R-CNN trained on attire categories")
     parser.add_argument("--haar", action="store_true", help="add the Haar face-detector baseline")
     parser.add_argument("--haar-expand", type=float, default=1.0, help="face box side multiplier")

@@ -66,7 +66,7 @@ def main(args: argparse.Namespace) -> dict:
     report.update(coco=str(args.coco), image_ids=chosen, stride=args.stride, score_thresh=pipe.score_thresh,
                   track_thresh=args.track_thresh or pipe.score_thresh,
                   seconds=round(time.perf_counter() - start, 1),
-                  seg=str(args.seg or f"bundled {args.model}"), cls=str(args.cls or f"bundled {args.model}"))
+                  seg=str(args.seg or f"bundled {args.model}"), cls=" + ".join(map(str, args.cls)) if args.cls else f"bundled {args.model}")
     print(json.dumps(report, indent=2))
     if args.out:
         write_json(args.out, report)
