@@ -711,7 +711,11 @@ def train_classifier(cfg: ClsConfig, out_dir: str | Path, resume: bool = False,
     (``val[_{attribute}]_confusion.png``/``.csv``) to ``out_dir``. With ``train.ema_decay`` the
     moving average of the weights (``torch.optim.swa_utils.AveragedModel``, batch-norm
     statistics included) is what is validated and saved as ``model``; ``last.pt`` keeps the
-    trained weights too (``training_weights``) for ``--resume``.
+    trained weights too (``training_weights``) for ``--resume``. With ``train.teachers`` (classifier
+    checkpoints: :func:`load_teachers`) each augmented batch also goes through the teachers, and
+    the loss becomes ``(1 - distill_weight) x`` the labels' + ``distill_weight x``
+    :func:`headseg.attributes.distillation_loss` against their averaged probabilities (logged as
+    ``loss/distill``).
 
     Returns:
         ``{"best": best val macro-F1, "best_epoch", "epochs": epochs run in total,
