@@ -339,7 +339,6 @@ class Classifier:
         model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state["model"].items()})
         return cls(model.eval().to(device), cfg, schema.column_names, prep, schema)
 
-
     @classmethod
     def ensemble(cls, members: Sequence["Classifier"], names: Sequence[str] | None = None) -> "Classifier":
         """Several classifiers as one (:class:`ClassifierEnsemble`: their probabilities averaged).
