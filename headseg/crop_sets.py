@@ -85,7 +85,7 @@ def _predicted_heads(segmenter: Segmenter, image: np.ndarray, anns: list[dict[st
 def make_crop_set(coco: CocoHeads, out_dir: str | Path, crop: CropConfig, segmenter: Segmenter | None = None,
                   score_thresh: float = 0.5, iou_thresh: float = 0.5, background: bool = False,
                   device: str | torch.device = "cpu", progress: bool = True,
-                  face_to_head: FaceToHead | None = None) -> Path:
+                  face_to_head: FaceToHead | None = None, background_max_iou: float | None = None) -> Path:
     """Cut one crop per head and write ``out_dir/crops/*.png``, ``index.csv``, ``classes.txt``, ``crops.json``.
 
     Args:
@@ -104,10 +104,17 @@ def make_crop_set(coco: CocoHeads, out_dir: str | Path, crop: CropConfig, segmen
         face_to_head: The annotations are face boxes (facemask): derive a head box from each
             by this rule (:func:`headseg.attributes.faces_to_heads`) before cropping or matching predictions, so
             the crops are framed like the pipeline's head crops; ``crops.json`` records it.
+        background_max_iou: With ``background``: an unmatched prediction whose best IoU with a
+            ground-truth head reaches this is dropped, not kept: a head framed half on a labelled
+            one is neither that head nor background (the band detectors leave unsampled between
+            their background and foreground IoU). None keeps every unmatched prediction.
 
     Returns:
         Path of ``index.csv``; ``crop`` paths in it are relative to its folder.
     """
+    if background_max_iou is not None and not (background and 0.0 < background_max_iou <= iou_thresh):
+        raise ValueError(f"background_max_iou={background_max_iou} needs background=True and a value in "
+                         f"(0, iou_thresh={iou_thresh}]")
     out_dir = check_output_dir(out_dir)
     (out_dir / "crops").mkdir(exist_ok=True)
     class_of = dict(coco.categories)
@@ -134,6 +141,9 @@ def make_crop_set(coco: CocoHeads, out_dir: str | Path, crop: CropConfig, segmen
             if head["label"] == BACKGROUND and not background:
                 skipped["unmatched"] += 1
                 continue
+            if head["label"] == BACKGROUND and background_max_iou is not None and head["iou"] >= background_max_iou:
+                skipped[f"unmatched with IoU >= {background_max_iou:g}"] += 1
+                continue
             if crop.fill != "none" and not head["mask"].any():
                 skipped["empty mask"] += 1  # nothing to cut: the segmenter found no head pixel
                 continue
@@ -158,6 +168,7 @@ def make_crop_set(coco: CocoHeads, out_dir: str | Path, crop: CropConfig, segmen
                                         "derived_masks": coco.derived_masks or (derived if face_to_head else None),
                                         "score_thresh": score_thresh if pred else None,
                                         "iou_thresh": iou_thresh if pred else None,
+                                        "background_max_iou": background_max_iou,
                                         "face_to_head": to_dict(face_to_head) if face_to_head else None,
                                         "num_crops": len(rows),
                                         "labels": dict(Counter(r["label"] for r in rows))})

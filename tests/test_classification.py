@@ -31,9 +31,11 @@ from headseg.classification import (
     train_classifier,
     train_mode,
 )
-from headseg.crop_sets import CropIndexDataset, check_crop_rules
+from headseg import crop_sets as crop_sets_module
+from headseg.crop_sets import BACKGROUND, CropIndexDataset, check_crop_rules, make_crop_set
 from headseg.evaluation import plot_worst_mistakes
 from headseg.config import ClsConfig, ClsModelConfig, CropConfig, SegConfig, load_config
+from headseg.data import load_coco
 from headseg.pipeline import _fold_batchnorm
 from headseg.segmentation import build_segmenter, segmenter_checkpoint
 from headseg.engine import NonFiniteLossError, load_checkpoint, save_checkpoint
@@ -250,6 +252,32 @@ def test_pred_crop_set_with_tiny_segmenter(synthetic_data: dict, tmp_path: Path)
     with pytest.raises(ValueError, match="needs --segmenter"):
         make_crops.main(make_crops.parse_args(["--coco", str(synthetic_data["val"]), "--out",
                                                str(tmp_path / "x"), "--from", "pred"]))
+
+
+def test_background_max_iou_drops_half_matched_heads(synthetic_data: dict, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    coco = load_coco(synthetic_data["val"])
+
+    def heads(segmenter, image, anns, class_of, *args):  # a match, a head half on one, a stray one
+        mask = np.zeros(image.shape[:2], bool)
+        mask[8:40, 8:40] = True
+        label = class_of[anns[0]["category_id"]]
+        return [{"box": [8.0, 8.0, 40.0, 40.0], "mask": mask, "score": 0.9, "iou": iou, "ann_id": ann, "label": lab}
+                for iou, ann, lab in ((0.8, anns[0]["id"], label), (0.4, "", BACKGROUND), (0.1, "", BACKGROUND))]
+
+    monkeypatch.setattr(crop_sets_module, "_predicted_heads", heads)
+    counts = {}
+    for name, max_iou in (("all", None), ("band", 0.3)):
+        index = make_crop_set(coco, tmp_path / name, CropConfig(size=32), object(), background=True,
+                              progress=False, background_max_iou=max_iou)
+        rows = list(csv.DictReader(index.open()))
+        counts[name] = [float(r["iou"]) for r in rows if r["label"] == BACKGROUND]
+        assert len(rows) - len(counts[name]) == len(coco.image_ids)  # the matched heads all stay
+    assert sorted(set(counts["all"])) == [0.1, 0.4] and set(counts["band"]) == {0.1}
+    assert len(counts["band"]) == len(coco.image_ids)
+    assert json.loads((tmp_path / "band" / "crops.json").read_text())["background_max_iou"] == 0.3
+    with pytest.raises(ValueError, match="needs background=True"):
+        make_crop_set(coco, tmp_path / "x", CropConfig(size=32), object(), background_max_iou=0.3)
 
 
 # ----------------------------------------------------------------------------- training and tools

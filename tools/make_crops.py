@@ -11,7 +11,11 @@ facemask and hardhat sets) the masks are DERIVED from the boxes (inscribed ellip
 ``--from pred`` cuts the heads a trained segmenter finds above ``--score-thresh``, exactly as the
 pipeline finds them (same boxes, masks and mask threshold); each takes the
 category of the ground-truth head it overlaps best if that box IoU is >= ``--iou-thresh``, the
-others are dropped or, with ``--background``, kept as class ``background``.
+others are dropped or, with ``--background``, kept as class ``background`` (with
+``--background-max-iou T``, only those whose best IoU with a labelled head is below T: a head
+framed half on a labelled one is neither). Mapped to a value in the classifier's schema, the
+background heads teach the classifier what the pipeline meets and the set does not label
+(configs/cls_multi_novis_128.yaml: heads whose face is not labelled, as ``face_mask/not_visible``).
 
 ``--face-to-head``: the boxes are faces (facemask). Each is first grown into a head box by
 ``headseg.attributes.face_to_head_box`` (1.56 face widths wide, 0.65 face heights above the face,
@@ -72,6 +76,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--iou-thresh", type=float, default=0.5, help="--from pred: box IoU for a match")
     parser.add_argument("--background", action="store_true",
                         help="--from pred: keep unmatched heads as class `background`")
+    parser.add_argument("--background-max-iou", type=float,
+                        help="--background: drop unmatched heads whose best IoU with a labelled head "
+                             "reaches this (e.g. 0.3), rather than call them background")
     parser.add_argument("--face-to-head", action="store_true",
                         help="boxes are faces: crop (or match) the head box derived from each")
     add_head_rule_arg(parser)
@@ -107,7 +114,8 @@ def main(args: argparse.Namespace) -> Path:
     segmenter = Segmenter.load(args.segmenter, args.device) if args.segmenter else None
     index = make_crop_set(coco, args.out, crop, segmenter, args.score_thresh, args.iou_thresh,
                           args.background, args.device, progress=not args.no_progress,
-                          face_to_head=head_rule(args) if args.face_to_head else None)
+                          face_to_head=head_rule(args) if args.face_to_head else None,
+                          background_max_iou=args.background_max_iou)
     rows = index.read_text().count("\n") - 1
     masked = coco.derived_masks and crop.fill != "none"
     derived = f" (masks derived from boxes: {coco.derived_masks})" if masked else ""
