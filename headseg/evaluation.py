@@ -580,7 +580,11 @@ def classification_metrics(
     Returns:
         ``accuracy``; ``balanced_accuracy`` (mean recall over classes present in ``y_true``);
         ``macro_f1`` (mean F1 over classes that appear in ``y_true`` or ``y_pred``: a class with
-        neither support nor predictions says nothing about the model and is excluded); and for
+        neither support nor predictions says nothing about the model and is excluded);
+        ``macro_f1_labelled`` (mean F1 over the classes present in ``y_true``: a class the data
+        never labels counts only through the recall it takes from the others, e.g. a
+        classifier's ``not_visible`` on crops that all show a face; scikit-learn's ``f1_score``
+        with ``labels=`` those classes); and for
         each class ``precision/{name}``, ``recall/{name}``, ``f1/{name}``, ``support/{name}``
         (support as a float count). With ``N == 0`` every value is 0.0.
 
@@ -605,6 +609,7 @@ def classification_metrics(
         "accuracy": float(diag.sum() / total) if total else 0.0,
         "balanced_accuracy": float(recall[present].mean()) if present.any() else 0.0,
         "macro_f1": float(f1[seen].mean()) if seen.any() else 0.0,
+        "macro_f1_labelled": float(f1[present].mean()) if present.any() else 0.0,
     }
     for i, name in enumerate(names):
         metrics[f"precision/{name}"] = float(precision[i])
@@ -754,8 +759,9 @@ def attribute_metrics(targets: torch.Tensor, probs: torch.Tensor, schema: Attrib
 
     Returns:
         The flat metrics: per attribute ``{attribute}/macro_f1``, ``{attribute}/f1/{value}``...
-        (no prefix with one attribute), and ``macro_f1``, ``accuracy``, ``balanced_accuracy``
-        averaged over the attributes scored (best-checkpoint selection uses that ``macro_f1``);
+        (no prefix with one attribute), and ``macro_f1``, ``macro_f1_labelled``, ``accuracy``,
+        ``balanced_accuracy`` averaged over the attributes scored (best-checkpoint selection
+        uses that ``macro_f1``);
         and attribute -> ``(V, V)`` confusion matrix.
     """
     targets = _to_numpy(targets, "targets").reshape(len(targets), -1)
@@ -772,7 +778,7 @@ def attribute_metrics(targets: torch.Tensor, probs: torch.Tensor, schema: Attrib
                         classification_metrics(targets[labelled, a], pred, values).items()})
         matrices[name] = confusion_matrix(targets[labelled, a], pred, len(values))
     if len(schema.attributes) > 1:
-        for key in ("macro_f1", "accuracy", "balanced_accuracy"):
+        for key in ("macro_f1", "macro_f1_labelled", "accuracy", "balanced_accuracy"):
             scored = [metrics[f"{n}/{key}"] for n in matrices]
             metrics[key] = float(np.mean(scored)) if scored else 0.0
     return metrics, matrices
@@ -953,4 +959,78 @@ def attribute_end_to_end(gt: Mapping[str, Any], joint: Sequence[Mapping[str, Any
                                        op_thresh)
             metrics.update({f"{k}/{c['value']}": at_value[k] for k in ("precision", "recall", "f1")})
         out.update({attribute_prefix(schema, attribute) + k: v for k, v in metrics.items()})
+    return out
+
+
+BREAKDOWN = ("unmatched_dropped", "labelled_values", "labelled_values_unmatched_dropped")
+
+
+def end_to_end_breakdown(gt: Mapping[str, Any],
+                         heads: Mapping[int, Sequence[tuple[Sequence[float], float, Mapping[str, Mapping[str, float]]]]],
+                         schema: AttributeSchema, values: str = "top", iou_thresh: float = 0.5) -> dict[str, float]:
+    """Where end-to-end AP50 goes: the same heads scored again with one cause of error removed.
+
+    Each head is matched, per attribute the set labels, to the labelled head of that attribute
+    it overlaps best when that box IoU reaches ``iou_thresh`` (several heads may match one).
+    Then :func:`attribute_end_to_end`'s AP50 (per attribute and value) is computed for
+
+    * ``unmatched_dropped``: heads that match no labelled head left out (what the heads the set
+      does not label cost: faces turned away, too small or missed by the annotators);
+    * ``labelled_values``: each matched head given its labelled value with probability 1 (what
+      the classifier costs on the heads the detector found);
+    * ``labelled_values_unmatched_dropped``: both (what detection alone costs: misses, boxes
+      off by more than the IoU, duplicates).
+
+    Args:
+        gt: From :func:`attribute_ground_truth`.
+        heads: Image id -> its heads as ``(box_xyxy, detection score, {attribute: {value: prob}})``.
+        schema: The classifier's schema.
+        values: ``top`` or ``all``, as for ``ImageResult.to_coco_results``.
+        iou_thresh: Box IoU at which a head matches a labelled one.
+
+    Returns:
+        ``{variant}/{attribute}/bbox/AP50`` and ``.../AP50/{value}`` for each variant in
+        :data:`BREAKDOWN` (no attribute part for a single-attribute schema).
+    """
+    if values not in ("top", "all"):
+        raise ValueError(f"values={values!r}; expected 'top' or 'all'")
+    category_of = {(c["attribute"], c["value"]): c["id"] for c in gt["categories"]}
+    attribute_of = {c["id"]: (c["attribute"], c["value"]) for c in gt["categories"]}
+    labelled: dict[tuple[int, str], list[tuple[list[float], str]]] = {}
+    for a in gt["annotations"]:
+        if not a.get("iscrowd", 0):
+            attribute, value = attribute_of[a["category_id"]]
+            labelled.setdefault((a["image_id"], attribute), []).append((a["bbox"], value))
+    matched: list[tuple[int, Sequence[float], float, str, dict[str, float], str | None]] = []
+    for image_id, image_heads in heads.items():
+        for box, score, attributes in image_heads:
+            xywh = [box[0], box[1], box[2] - box[0], box[3] - box[1]]
+            for attribute in {a for a, _ in category_of}:
+                if attribute not in attributes:
+                    continue
+                anns = labelled.get((image_id, attribute), [])
+                value = None
+                if anns:
+                    ious = mask_utils.iou([xywh], [b for b, _ in anns], [0] * len(anns))[0]
+                    if ious.max() >= iou_thresh:
+                        value = anns[int(ious.argmax())][1]
+                matched.append((image_id, xywh, score, attribute, dict(attributes[attribute]), value))
+    out: dict[str, float] = {}
+    for variant in BREAKDOWN:
+        joint, at_op = [], []
+        for image_id, xywh, score, attribute, probs, value in matched:
+            if value is None and variant.endswith("unmatched_dropped"):
+                continue
+            if value is not None and variant.startswith("labelled_values"):
+                probs = {v: float(v == value) for v in probs}
+            top = max(probs, key=lambda v: (probs[v], v))
+            for v, p in (probs.items() if values == "all" else [(top, probs[top])]):
+                if (attribute, v) in category_of and p > 0:
+                    joint.append({"image_id": image_id, "category_id": category_of[attribute, v], "bbox": xywh,
+                                  "score": score * p})
+            if (attribute, top) in category_of:
+                at_op.append({"image_id": image_id, "category_id": category_of[attribute, top], "bbox": xywh,
+                              "score": score})
+        metrics = attribute_end_to_end(gt, joint, at_op, 0.5, schema)
+        out.update({f"{variant}/{k}": v for k, v in metrics.items() if "bbox/AP50" in k})
     return out

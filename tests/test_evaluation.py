@@ -357,7 +357,7 @@ def test_classification_metrics_by_hand() -> None:
     expected = {
         "accuracy": 6 / 9,
         "balanced_accuracy": (2 / 3 + 1 + 1 / 2) / 3,
-        "macro_f1": sum(f1.values()) / 3,
+        "macro_f1": sum(f1.values()) / 3, "macro_f1_labelled": sum(f1.values()) / 3,
         "precision/hat": 1 / 2, "precision/cap": 2 / 3, "precision/bare": 1.0,
         "recall/hat": 2 / 3, "recall/cap": 1.0, "recall/bare": 1 / 2,
         "f1/hat": f1["hat"], "f1/cap": f1["cap"], "f1/bare": f1["bare"],
@@ -376,6 +376,7 @@ def test_classification_zero_division() -> None:
     assert m["recall/b"] == 0.0 and m["precision/b"] == 0.0 and m["f1/b"] == 0.0
     assert m["balanced_accuracy"] == pytest.approx(0.5)
     assert m["macro_f1"] == pytest.approx((2 / 3 + 0.0) / 2)
+    assert m["macro_f1_labelled"] == pytest.approx(2 / 3)  # `b` only takes recall from `a`
     empty = classification_metrics([], [], ["a", "b"])
     assert all(v == 0.0 for v in empty.values())
     with pytest.raises(ValueError, match="distinct"):

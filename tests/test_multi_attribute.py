@@ -27,7 +27,7 @@ from headseg.classification import (
 from headseg.config import ClsConfig, SegConfig, load_config
 from headseg.crop_sets import AttributeCropDataset
 from headseg.engine import load_checkpoint, save_checkpoint
-from headseg.evaluation import attribute_end_to_end, attribute_ground_truth
+from headseg.evaluation import attribute_end_to_end, attribute_ground_truth, end_to_end_breakdown
 from headseg.pipeline import ASSETS, DrawnHead, draw_heads, head_lines, label_size, place_labels
 from headseg.segmentation import build_segmenter, segmenter_checkpoint
 from tests.conftest import TINY_SEG
@@ -361,9 +361,13 @@ def test_end_to_end_evaluation_per_attribute(seg_path: Path, trained: Path, data
                                             capsys: pytest.CaptureFixture[str]) -> None:
     report = eval_pipeline.main(eval_pipeline.parse_args(
         [str(data["faces"]["val"]), "--seg", str(seg_path), "--cls", str(trained / "best.pt"), "--gt-faces",
-         "--source", "faces", "--out", str(tmp_path / "faces.json")]))
+         "--source", "faces", "--breakdown", "--out", str(tmp_path / "faces.json")]))
     for key in ("bbox/AP50", "bbox/AP50/with_mask", "precision", "recall", "precision/incorrect", "f1_best_thresh"):
         assert 0.0 <= report[f"two_stage/face_mask/{key}"] <= 1.0 or report[f"two_stage/face_mask/{key}"] == -1.0
+    for variant in ("unmatched_dropped", "labelled_values", "labelled_values_unmatched_dropped"):
+        value = report[f"two_stage_breakdown/{variant}/face_mask/bbox/AP50"]
+        assert 0.0 <= value <= 1.0 or value == -1.0
+    assert "AP50 with a cause of error removed" in capsys.readouterr().out
     assert not any("/headwear/" in k for k in report)  # the faces set does not label headwear
     hats = eval_pipeline.main(eval_pipeline.parse_args(
         [str(data["hats"]["val"]), "--seg", str(seg_path), "--cls", str(trained / "best.pt"), "--source", "hats"]))
@@ -410,6 +414,41 @@ def test_attribute_evaluation_scores_a_perfect_system_one() -> None:
     assert attribute_end_to_end(raw, results, results, 0.5, schema, sweep=(0.5,))["face_mask/bbox/AP75"] == 0.0
     with pytest.raises(ValueError, match="maps to no attribute value"):
         attribute_ground_truth({**gt, "categories": [{"id": 1, "name": "cap"}]}, schema, "faces")
+
+
+def test_end_to_end_breakdown_removes_one_cause_at_a_time() -> None:
+    schema = AttributeSchema.from_dict({**SCHEMA, "attributes": {
+        **SCHEMA["attributes"], "face_mask": ["with_mask", "without_mask", "incorrect", "not_visible"]}})
+    gt = {"images": [{"id": 1, "height": 100, "width": 100, "file_name": "x.png"}],
+          "categories": [{"id": 1, "name": "face_mask"}, {"id": 2, "name": "bare"}, {"id": 3, "name": "glasses"}],
+          "annotations": [{"id": k + 1, "image_id": 1, "category_id": k + 1, "bbox": b, "area": 600, "iscrowd": 0}
+                          for k, b in enumerate([[10, 10, 20, 30], [50, 10, 20, 30]])]}
+    heads = attribute_ground_truth(gt, schema, "faces")
+
+    def head(xywh, score, **probs):
+        x, y, w, h = xywh
+        return (x, y, x + w, y + h), score, {"face_mask": {"with_mask": 0.0, "without_mask": 0.0, "incorrect": 0.0,
+                                                           "not_visible": 0.0, **probs},
+                                             "headwear": {"helmet": 0.5, "none": 0.5}}
+
+    found = {1: [head([10, 10, 20, 30], 0.9, with_mask=0.3, without_mask=0.7),  # a with_mask face called without
+                 head([50, 10, 20, 30], 0.8, without_mask=0.9, with_mask=0.1),  # right
+                 head([70, 60, 20, 30], 0.99, with_mask=0.99, not_visible=0.01),  # no labelled head there
+                 head([10, 60, 20, 30], 0.99, not_visible=1.0)]}  # no labelled head, and said so: no result
+    report = end_to_end_breakdown(heads, found, schema)
+    # detection alone is perfect; the classifier's mistake costs with_mask its only head; the
+    # unlabelled head ranks first for with_mask (precision 1/2 at the one recall)
+    assert report["labelled_values_unmatched_dropped/face_mask/bbox/AP50"] == pytest.approx(1.0)
+    assert report["unmatched_dropped/face_mask/bbox/AP50/with_mask"] == pytest.approx(0.0)
+    assert report["unmatched_dropped/face_mask/bbox/AP50/without_mask"] == pytest.approx(1.0)
+    assert report["labelled_values/face_mask/bbox/AP50/with_mask"] == pytest.approx(0.5)
+    assert report["labelled_values/face_mask/bbox/AP50"] == pytest.approx(0.75)  # incorrect: no head, no AP
+    # every value: the mistaken head's with_mask (0.9 x 0.3) now finds its face, behind the unlabelled head
+    every = end_to_end_breakdown(heads, found, schema, "all")
+    assert every["unmatched_dropped/face_mask/bbox/AP50/with_mask"] == pytest.approx(1.0)
+    assert every["labelled_values/face_mask/bbox/AP50"] == report["labelled_values/face_mask/bbox/AP50"]
+    with pytest.raises(ValueError, match="expected 'top' or 'all'"):
+        end_to_end_breakdown(heads, found, schema, "every")
 
 
 # ----------------------------------------------------------------------------- drawing

@@ -14,6 +14,12 @@ every value of every head by segmentation score x that value's probability, as a
 detector's results are (torchvision's Mask R-CNN, the single-stage baseline here, gives one box
 per class above its score threshold); its operating point is the top value's, as without.
 
+--breakdown adds where the two-stage system's AP50 goes (``two_stage_breakdown/{variant}/...``,
+and ``two_stage_all_breakdown`` with --all-values): the same heads scored without those that
+match no labelled head (``unmatched_dropped``), with each matched head given its labelled value
+(``labelled_values``), and both (``labelled_values_unmatched_dropped``: detection alone);
+``headseg.evaluation.end_to_end_breakdown``.
+
 Face boxes (facemask): with --gt-faces every ground-truth face box is replaced by the head box
 ``headseg.attributes.face_to_head_box`` derives from it (default ``FaceToHead`` rule: 1.56 face
 widths wide, 0.65 face heights above the face, 0.2 below, clipped to the image), and predicted
@@ -49,10 +55,12 @@ from headseg.baselines import HaarFaceDetector  # noqa: E402
 from headseg.config import parse_overrides  # noqa: E402
 from headseg.data import load_coco  # noqa: E402
 from headseg.evaluation import (  # noqa: E402
+    BREAKDOWN,
     SWEEP,
     attribute_end_to_end,
     attribute_ground_truth,
     attribute_prefix,
+    end_to_end_breakdown,
     format_metrics_table,
 )
 from headseg.io import read_image, write_json  # noqa: E402
@@ -84,6 +92,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "F1-best thresholds, then pass it for test")
     parser.add_argument("--all-values", action="store_true",
                         help="also report AP over every value of every head ({system}_all; see above)")
+    parser.add_argument("--breakdown", action="store_true",
+                        help="also report the two-stage AP50 without unmatched heads, with labelled values, "
+                             "and both (see above)")
     parser.add_argument("--seg-set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="inference fields of both segmenters (two-stage and single-stage), "
                              "e.g. min_size=640 rpn_post_nms_top_n_test=1000")
@@ -140,6 +151,12 @@ def main(args: argparse.Namespace) -> dict[str, float]:
             joint = [r for i, res in results.items() for r in res.to_coco_results(i, category_ids, "joint", values)]
             report.update({f"{name}{'_all' if values == 'all' else ''}/{k}": v for k, v in
                            attribute_end_to_end(gt, joint, at_op, op_thresh[name], schema, SWEEP).items()})
+    if args.breakdown:
+        heads = {i: [(h.box_xyxy, h.score, {a: p.probs for a, p in h.attributes.items()}) for h in res.heads]
+                 for i, res in systems["two_stage"].items()}
+        for values in ("top", "all") if args.all_values else ("top",):
+            name = f"two_stage{'_all' if values == 'all' else ''}_breakdown"
+            report.update({f"{name}/{k}": v for k, v in end_to_end_breakdown(gt, heads, schema, values).items()})
     if args.single_stage:
         model, single_cfg, names = load_segmenter(args.single_stage, args.device, **seg_overrides)
         if sorted(names) != sorted(coco.class_names):
@@ -154,7 +171,15 @@ def main(args: argparse.Namespace) -> dict[str, float]:
         for prefix in (f"{s}/{attribute_prefix(schema, a)}" for a in attributes):
             if f"{prefix}bbox/AP" in report:
                 print(f"{prefix.rstrip('/'):<28}" + "".join(f"{report[prefix + k]:>15.4f}" for k in KEYS))
-    print(format_metrics_table({k: v for k, v in report.items() if "/AP50/" in k}))
+    print(format_metrics_table({k: v for k, v in report.items() if "/AP50/" in k and "_breakdown/" not in k}))
+    if args.breakdown:
+        print("AP50 with a cause of error removed (--breakdown)")
+        print(f"{'':<38}{'as found':>10}" + "".join(f"{v:>36}" for v in BREAKDOWN))
+        for s in ("two_stage", "two_stage_all") if args.all_values else ("two_stage",):
+            for a in attributes:
+                key = f"{attribute_prefix(schema, a)}bbox/AP50"
+                print(f"{s + '/' + key:<38}{report[f'{s}/{key}']:>10.4f}"
+                      + "".join(f"{report[f'{s}_breakdown/{v}/{key}']:>36.4f}" for v in BREAKDOWN))
     if args.out:
         write_json(args.out, report)
         print(f"metrics: {args.out}")
