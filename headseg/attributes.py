@@ -300,7 +300,8 @@ def masked_attribute_losses(logits: Mapping[str, torch.Tensor], targets: torch.T
 
 
 def distillation_loss(logits: Mapping[str, torch.Tensor], teacher_logits: Mapping[str, torch.Tensor],
-                      targets: torch.Tensor | None = None, temperature: float = 1.0) -> torch.Tensor:
+                      targets: torch.Tensor | None = None, temperature: float = 1.0,
+                      columns: Mapping[str, Sequence[int]] | None = None) -> torch.Tensor:
     """Knowledge distillation (Hinton et al., 2015): ``T^2 x KL(teacher || model)`` at temperature
     ``T``, averaged over crops, summed over attributes.
 
@@ -312,6 +313,10 @@ def distillation_loss(logits: Mapping[str, torch.Tensor], teacher_logits: Mappin
             nothing to that attribute's term. None: every crop counts for every attribute (the
             teacher's guess stands where no label does).
         temperature: ``T``; 1 keeps the teacher's probabilities as they are, higher softens both sides.
+        columns: Attribute -> the model's columns that are the teacher's values, in the teacher's
+            order, for an attribute whose teacher knows only some of the model's values (one added
+            since, e.g. ``face_mask/not_visible``): there the model's distribution is taken over
+            those columns alone (conditioned on the value being one the teacher knows).
 
     Returns:
         A scalar; zero (still connected to the graph) for an attribute without crops.
@@ -320,6 +325,8 @@ def distillation_loss(logits: Mapping[str, torch.Tensor], teacher_logits: Mappin
         raise ValueError(f"temperature={temperature}; expected > 0")
     total = torch.zeros((), device=next(iter(logits.values())).device)
     for a, (name, out) in enumerate(logits.items()):
+        if columns and name in columns:
+            out = out[:, list(columns[name])]
         log_q = F.log_softmax(out.float() / temperature, dim=-1)
         p = F.softmax(teacher_logits[name].detach().float() / temperature, dim=-1)
         kl = (torch.xlogy(p, p) - p * log_q).sum(-1)

@@ -551,24 +551,37 @@ def _check_train_config(cfg: ClsConfig) -> None:
 
 
 def load_teachers(paths: Sequence[str], schema: AttributeSchema, crop: CropConfig,
-                  device: torch.device) -> nn.Module:
+                  device: torch.device) -> tuple[nn.Module, AttributeSchema, dict[str, list[int]]]:
     """The distillation teachers (``train.teachers``) as one model in eval mode, channels-last.
 
+    Teachers may know only some of an attribute's values (the model adds one, e.g.
+    ``face_mask/not_visible``); they teach the model's distribution over the values they know.
+
+    Returns:
+        The teachers, their schema, and attribute -> the model's columns of the teachers' values
+        for each attribute whose teachers know fewer values (the ``columns`` of
+        :func:`headseg.attributes.distillation_loss`).
+
     Raises:
-        ValueError: a teacher predicts other attributes or values than ``schema``, or reads
-            other crops (crop rules, mean/std) than the model being trained.
+        ValueError: a teacher predicts other attributes than ``schema``, values it lacks or in
+            another order, or reads other crops (crop rules, mean/std) than the model being trained.
     """
     teacher = Classifier.load(list(paths), device)
-    if list(teacher.schema.attributes.items()) != list(schema.attributes.items()):
-        raise ValueError(f"train.teachers {list(paths)} predict {teacher.schema.attributes}; the model being "
-                         f"trained predicts {schema.attributes}: teachers need the same attributes and values")
+    known = teacher.schema.attributes
+    if list(known) != list(schema.attributes) or any(
+            list(known[a]) != [v for v in values if v in known[a]] for a, values in schema.attributes.items()):
+        raise ValueError(f"train.teachers {list(paths)} predict {known}; the model being trained predicts "
+                         f"{schema.attributes}: teachers need the same attributes, and the same values or "
+                         "some of them, in the same order")
+    columns = {a: [values.index(v) for v in known[a]] for a, values in schema.attributes.items()
+               if len(known[a]) < len(values)}
     expected = ClsPreprocessing(IMAGENET_MEAN, IMAGENET_STD, crop)
     if teacher.preprocessing != expected:
         raise ValueError(f"train.teachers {list(paths)} read crops as {teacher.preprocessing}; the crop sets "
                          f"are {expected}: cut the crops alike, or choose teachers trained on such crops")
     model = teacher.model if isinstance(teacher.model, ClassifierEnsemble) else \
-        ClassifierEnsemble([teacher.model], schema)
-    return model.eval().to(device, memory_format=torch.channels_last)
+        ClassifierEnsemble([teacher.model], teacher.schema)
+    return model.eval().to(device, memory_format=torch.channels_last), teacher.schema, columns
 
 
 def _make_optimizer(model: nn.Module, cfg: ClsConfig, phase: str) -> torch.optim.Optimizer:
@@ -752,11 +765,20 @@ def train_classifier(cfg: ClsConfig, out_dir: str | Path, resume: bool = False,
     weights = None
     if cfg.data.balance == "loss":
         weights = {k: w.to(device) for k, w in attribute_class_weights(train_set.targets, schema).items()}
-    teacher = load_teachers(t.teachers, schema, cfg.crop, device) if t.teachers else None
+    teacher, teacher_schema, taught_columns = load_teachers(t.teachers, schema, cfg.crop, device) \
+        if t.teachers else (None, None, {})
     if teacher is not None:
         log.info("distilling from %d teacher(s) %s: weight %.2f, temperature %.2f, %s", len(teacher.members),
                  list(t.teachers), t.distill_weight, t.distill_temperature,
                  "every attribute" if t.distill_unlabelled else "labelled attributes only")
+    for name, cols in taught_columns.items():
+        log.info("the teachers know %s of %s %s: the others learn from labels alone, and crops labelled "
+                 "with them are not distilled", [schema.attributes[name][c] for c in cols], name,
+                 list(schema.attributes[name]))
+    # Per attribute, the value indices the teachers do not know (crops labelled so skip their term).
+    untaught = {schema.names.index(name): torch.tensor([v for v in range(len(schema.attributes[name]))
+                                                        if v not in cols], device=device)
+                for name, cols in taught_columns.items()}
     steps_per_epoch = -(-len(train_set) // t.batch_size)
     if t.max_iters:
         steps_per_epoch = min(steps_per_epoch, t.max_iters)
@@ -792,10 +814,16 @@ def train_classifier(cfg: ClsConfig, out_dir: str | Path, resume: bool = False,
             return losses, len(y)
         # The teachers see the very batch the model does, augmentation included.
         with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16):
-            taught = schema.split(teacher(x.contiguous(memory_format=torch.channels_last)).float())
+            taught = teacher_schema.split(teacher(x.contiguous(memory_format=torch.channels_last)).float())
         losses = {("loss_labels" if k == "loss" else k): v * (1 - t.distill_weight) for k, v in losses.items()}
+        distilled = None if t.distill_unlabelled else y  # None: every crop, every attribute
+        for a, values in untaught.items():
+            skip = torch.isin(y[:, a], values)
+            if skip.any():  # a crop labelled with a value the teachers do not know: no teacher term there
+                distilled = (torch.zeros_like(y) if distilled is None else distilled.clone())
+                distilled[skip, a] = MISSING
         losses["loss_distill"] = t.distill_weight * distillation_loss(
-            logits, taught, None if t.distill_unlabelled else y, t.distill_temperature)
+            logits, taught, distilled, t.distill_temperature, taught_columns)
         return losses, len(y)
 
     start = checkpointer.start_epoch

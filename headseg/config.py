@@ -186,7 +186,9 @@ class ClsTrainConfig:
     # (1 - distill_weight) x the labels' loss + distill_weight x T^2 x KL(teachers || model) at
     # temperature T = distill_temperature, summed over the attributes. `distill_unlabelled`: also on
     # the attributes a crop's source does not label (the teachers' guesses there). Teachers run in
-    # bf16 autocast. Empty: no distillation.
+    # bf16 autocast. Teachers may know only some of an attribute's values (in the model's order):
+    # they teach its distribution over those, and crops labelled with another are not distilled
+    # (classification.load_teachers). Empty: no distillation.
     teachers: tuple[str, ...] = ()
     distill_weight: float = 0.5
     distill_temperature: float = 1.0

@@ -175,6 +175,22 @@ def test_distillation_with_labels_skips_the_attributes_a_source_does_not_label()
         distillation_loss(student, teacher, temperature=0.0)
 
 
+def test_distillation_from_a_teacher_that_knows_fewer_values() -> None:
+    # The model added face_mask/not_visible (column 3); the teacher knows the first three values.
+    torch.manual_seed(0)
+    model = AttributeSchema({"headwear": ("helmet", "none"),
+                             "face_mask": ("with_mask", "without_mask", "incorrect", "not_visible")})
+    student = model.split(torch.randn(4, 6, requires_grad=True))
+    teacher = SCHEMA.split(torch.randn(4, 5))
+    columns = {"face_mask": [0, 1, 2]}
+    want = sum(F.kl_div(F.log_softmax(s, -1), F.softmax(teacher[a], -1), reduction="batchmean")
+               for a, s in (("headwear", student["headwear"]), ("face_mask", student["face_mask"][:, :3])))
+    assert torch.allclose(distillation_loss(student, teacher, columns=columns), want)
+    # not_visible's logit gets no gradient from the teacher: the conditional distribution ignores it
+    grad = torch.autograd.grad(distillation_loss(student, teacher, columns=columns), student["face_mask"])[0]
+    assert torch.count_nonzero(grad[:, 3]) == 0 and torch.count_nonzero(grad[:, :3]) > 0
+
+
 def test_class_weights_per_attribute() -> None:
     targets = torch.tensor([[0, MISSING]] * 3 + [[1, MISSING]] + [[MISSING, 0]] * 2)
     w = attribute_class_weights(targets, SCHEMA)

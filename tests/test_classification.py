@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from headseg import classification
-from headseg.attributes import AttributeSchema
+from headseg.attributes import MISSING, AttributeSchema, distillation_loss
 from headseg.classification import (
     Classifier,
     ClassifierEnsemble,
@@ -32,7 +32,7 @@ from headseg.classification import (
     train_mode,
 )
 from headseg import crop_sets as crop_sets_module
-from headseg.crop_sets import BACKGROUND, CropIndexDataset, check_crop_rules, make_crop_set
+from headseg.crop_sets import BACKGROUND, CropIndexDataset, check_crop_rules, make_crop_set, read_class_names
 from headseg.evaluation import plot_worst_mistakes
 from headseg.config import ClsConfig, ClsModelConfig, CropConfig, SegConfig, load_config
 from headseg.data import load_coco
@@ -404,12 +404,46 @@ def test_distillation_from_teachers_trains_resumes_and_checks_them(crop_sets: di
     names = Classifier.load(teacher).class_names
     _saved_classifier(tmp_path / "big.pt", 0, names, size=48)
     _saved_classifier(tmp_path / "other.pt", 0, sorted(names))
-    for bad, message in (("big.pt", "read crops as"), ("other.pt", "need the same attributes and values")):
+    _saved_classifier(tmp_path / "more.pt", 0, [*names, "turban"])
+    for bad, message in (("big.pt", "read crops as"), ("other.pt", "the same values or some of them"),
+                         ("more.pt", "the same values or some of them")):
         with pytest.raises(ValueError, match=message):
             train_classifier(_cfg(crop_sets, f"train.teachers=[{tmp_path / bad}]"), tmp_path / "bad", progress=False)
     with pytest.raises(ValueError, match="distill_weight"):
         train_classifier(_cfg(crop_sets, f"train.teachers=[{teacher}]", "train.distill_weight=0"),
                          tmp_path / "bad", progress=False)
+
+
+def test_distillation_from_teachers_that_know_fewer_values(crop_sets: dict[str, Path], tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    # The teacher lacks the model's last class: the model's other classes are distilled, and
+    # crops labelled with the last one are not (their targets reach the loss as missing).
+    names = read_class_names(crop_sets["train"])
+    _saved_classifier(tmp_path / "fewer.pt", 0, names[:-1])
+    seen = []
+
+    labels = []  # the batch's labels: the label loss runs just before the teachers' term
+
+    def spy(logits, teacher_logits, targets=None, temperature=1.0, columns=None):
+        seen.append((labels[-1], targets, columns, {a: v.shape[1] for a, v in teacher_logits.items()}))
+        return distillation_loss(logits, teacher_logits, targets, temperature, columns)
+
+    monkeypatch.setattr(classification, "distillation_loss", spy)
+    original = classification.masked_attribute_loss
+    monkeypatch.setattr(classification, "masked_attribute_loss",
+                        lambda logits, y, *a, **k: labels.append(y.clone()) or original(logits, y, *a, **k))
+    train_classifier(_cfg(crop_sets, f"train.teachers=[{tmp_path / 'fewer.pt'}]"), tmp_path / "run", progress=False)
+    assert seen and all(columns == {"label": list(range(len(names) - 1))} and shapes == {"label": len(names) - 1}
+                        for _, _, columns, shapes in seen)
+    for y, targets, _, _ in seen:
+        last = y[:, 0] == len(names) - 1
+        if targets is None:  # no crop of the last class in this batch: every crop is distilled
+            assert not last.any()
+        else:
+            assert torch.all(targets[last, 0] == MISSING) and torch.all(targets[~last, 0] != MISSING)
+    assert any(bool((y[:, 0] == len(names) - 1).any()) for y, *_ in seen)  # the case did come up
+    row = next(csv.DictReader((tmp_path / "run" / "metrics.csv").open()))
+    assert float(row["loss/distill"]) > 0
 
 
 def test_cosine_schedule_after_unfreezing_and_resume(crop_sets: dict[str, Path], tmp_path: Path,
