@@ -4,7 +4,10 @@ A track's attributes are decided from all the frames it was observed on: the cla
 probabilities are averaged and the most probable value wins once at least ``min_frames``
 frames voted (:func:`vote`), attribute by attribute (``Head.attributes``): a single-attribute
 classifier's one attribute is ``label``, a multi-attribute one's are its schema's
-(:func:`attributes_of`).
+(:func:`attributes_of`). A value that says the attribute could not be judged (``not_visible``:
+:data:`ABSTAIN`) does not vote: frames whose top value it is are left out of that attribute's
+mean, and it is the decision only when every frame says it (a worker turned away for most of a
+clip, with a mask on whenever the face shows, is decided ``with_mask``).
 
 :class:`EventLog` turns frames into events: ``appear`` (a track's first decision, dated at
 its first frame), ``change`` (the averaged decision flipped) and ``leave`` (dated at its last
@@ -23,6 +26,9 @@ from headseg.pipeline import Head
 from headseg.tracking import FrameResult
 
 Probs = Mapping[str, float]
+# Values that say an attribute could not be judged on a frame (configs/cls_multi_novis_128.yaml:
+# `face_mask/not_visible`, a head with no face to see): they decide only when no frame judged.
+ABSTAIN = frozenset({"not_visible"})
 
 
 def attributes_of(head: Head) -> dict[str, dict[str, float]]:
@@ -37,7 +43,8 @@ class Decision:
     Attributes:
         value: The class with the highest mean probability.
         prob: That mean probability.
-        frames: The frame numbers whose probabilities were averaged.
+        frames: The frame numbers whose probabilities were averaged (those that judged the
+            attribute, or all when none did).
     """
 
     value: str
@@ -51,31 +58,38 @@ class Decision:
 
 @dataclass
 class _Votes:
-    """Running sums of class probabilities per attribute, and the frames that voted."""
+    """Running sums of class probabilities per attribute, split by whether the frame judged it
+    (its top value not in :data:`ABSTAIN`), and the frames behind each sum."""
 
-    sums: dict[str, dict[str, float]] = field(default_factory=dict)
+    judged: dict[str, tuple[dict[str, float], list[int]]] = field(default_factory=dict)
+    abstained: dict[str, tuple[dict[str, float], list[int]]] = field(default_factory=dict)
     frames: list[int] = field(default_factory=list)
+    names: dict[str, None] = field(default_factory=dict)  # the attributes, in the order first seen
 
     def add(self, frame: int, attributes: Mapping[str, Probs]) -> None:
         self.frames.append(frame)
         for attribute, probs in attributes.items():
-            sums = self.sums.setdefault(attribute, {})
+            self.names.setdefault(attribute)
+            top = max(probs, key=lambda v: (probs[v], v))
+            sums, frames = (self.abstained if top in ABSTAIN else self.judged).setdefault(attribute, ({}, []))
+            frames.append(frame)
             for value, p in probs.items():
                 sums[value] = sums.get(value, 0.0) + float(p)
 
     def decide(self, min_frames: int) -> dict[str, Decision]:
         if len(self.frames) < min_frames or not self.frames:
             return {}
-        n, frames = len(self.frames), tuple(self.frames)
         out = {}
-        for attribute, sums in self.sums.items():
+        for attribute in self.names:
+            sums, frames = self.judged.get(attribute) or self.abstained[attribute]
             value = max(sums, key=lambda v: (sums[v], v))  # ties: the same answer every run
-            out[attribute] = Decision(value, sums[value] / n, frames)
+            out[attribute] = Decision(value, sums[value] / len(frames), tuple(frames))
         return out
 
 
 def vote(observations: Iterable[tuple[int, Mapping[str, Probs]]], min_frames: int = 3) -> dict[str, Decision]:
-    """Each attribute's value from the mean of its class probabilities over frames.
+    """Each attribute's value from the mean of its class probabilities over the frames that
+    judged it (all of them when none did: see :data:`ABSTAIN`).
 
     Args:
         observations: ``(frame, {attribute: {value: prob}})`` for each frame the person was seen.

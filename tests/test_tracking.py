@@ -87,6 +87,22 @@ def test_vote_needs_min_frames_and_averages() -> None:
         vote(obs, min_frames=0)
 
 
+def test_vote_leaves_out_frames_that_could_not_judge() -> None:
+    # Turned away on frames 0, 1 and 3, masked when the face shows (2, 4): decided with_mask from
+    # those two frames, though not_visible has the higher mean over all five.
+    away = {"with_mask": 0.05, "without_mask": 0.15, "not_visible": 0.8}
+    seen = {"with_mask": 0.9, "without_mask": 0.05, "not_visible": 0.05}
+    obs = [(k, {"face_mask": seen if k in (2, 4) else away, "headwear": {"helmet": 0.9, "none": 0.1}})
+           for k in range(5)]
+    decision = vote(obs, min_frames=3)
+    assert decision["face_mask"].value == "with_mask" and decision["face_mask"].frames == (2, 4)
+    assert decision["face_mask"].prob == pytest.approx(0.9)
+    assert decision["headwear"].frames == (0, 1, 2, 3, 4) and list(decision) == ["face_mask", "headwear"]
+    # Never seen: not_visible it is, over every frame.
+    never = vote([(k, {"face_mask": away}) for k in range(3)], min_frames=3)["face_mask"]
+    assert never.value == "not_visible" and never.frames == (0, 1, 2) and never.prob == pytest.approx(0.8)
+
+
 def _frame(k: int, heads: list[TrackedHead]) -> FrameResult:
     return FrameResult(k, k / 10.0, tuple(heads), (100, 100))
 
