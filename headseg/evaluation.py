@@ -1001,11 +1001,12 @@ def end_to_end_breakdown(gt: Mapping[str, Any],
         if not a.get("iscrowd", 0):
             attribute, value = attribute_of[a["category_id"]]
             labelled.setdefault((a["image_id"], attribute), []).append((a["bbox"], value))
+    scored = list(dict.fromkeys(a for a, _ in category_of))  # the attributes the set labels, in order
     matched: list[tuple[int, Sequence[float], float, str, dict[str, float], str | None]] = []
     for image_id, image_heads in heads.items():
         for box, score, attributes in image_heads:
             xywh = [box[0], box[1], box[2] - box[0], box[3] - box[1]]
-            for attribute in {a for a, _ in category_of}:
+            for attribute in scored:
                 if attribute not in attributes:
                     continue
                 anns = labelled.get((image_id, attribute), [])
