@@ -963,11 +963,12 @@ def attribute_end_to_end(gt: Mapping[str, Any], joint: Sequence[Mapping[str, Any
 
 
 BREAKDOWN = ("unmatched_dropped", "labelled_values", "labelled_values_unmatched_dropped")
+# One head for end_to_end_breakdown: (box_xyxy, detection score, {attribute: {value: probability}}).
+ScoredHead = tuple[Sequence[float], float, Mapping[str, Mapping[str, float]]]
 
 
-def end_to_end_breakdown(gt: Mapping[str, Any],
-                         heads: Mapping[int, Sequence[tuple[Sequence[float], float, Mapping[str, Mapping[str, float]]]]],
-                         schema: AttributeSchema, values: str = "top", iou_thresh: float = 0.5) -> dict[str, float]:
+def end_to_end_breakdown(gt: Mapping[str, Any], heads: Mapping[int, Sequence[ScoredHead]], schema: AttributeSchema,
+                         values: str = "top", iou_thresh: float = 0.5) -> dict[str, float]:
     """Where end-to-end AP50 goes: the same heads scored again with one cause of error removed.
 
     Each head is matched, per attribute the set labels, to the labelled head of that attribute
