@@ -421,7 +421,6 @@ def test_distillation_from_teachers_that_know_fewer_values(crop_sets: dict[str, 
     names = read_class_names(crop_sets["train"])
     _saved_classifier(tmp_path / "fewer.pt", 0, names[:-1])
     seen = []
-
     labels = []  # the batch's labels: the label loss runs just before the teachers' term
 
     def spy(logits, teacher_logits, targets=None, temperature=1.0, columns=None):
