@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
-from pycocotools.cocoeval import COCOeval
+from pycocotools.cocoeval import COCOeval, Params
 
 from headseg.data import derived_masks_of
 from headseg.io import atomic_write, write_text
@@ -782,6 +782,59 @@ def attribute_metrics(targets: torch.Tensor, probs: torch.Tensor, schema: Attrib
             scored = [metrics[f"{n}/{key}"] for n in matrices]
             metrics[key] = float(np.mean(scored)) if scored else 0.0
     return metrics, matrices
+
+
+def attribute_metrics_by_area(targets: torch.Tensor, probs: torch.Tensor, schema: AttributeSchema,
+                              areas: np.ndarray | Sequence[float]) -> dict[str, float]:
+    """:func:`attribute_metrics` over the crops of each of COCO's object-area ranges.
+
+    The ranges are pycocotools' own (``small`` under 32^2 px, ``medium`` to 96^2, ``large``
+    above: those of ``APs``, ``APm``, ``APl``), so a classifier reads by object size as the
+    detector does.
+
+    Args:
+        targets, probs, schema: As :func:`attribute_metrics`.
+        areas: ``(N,)`` each crop's labelled object area in the photo (the COCO annotation's
+            ``area``, :func:`annotation_areas`); NaN: in no range (a head that matches no label).
+
+    Returns:
+        ``{range}/num_crops`` for every range, and ``{range}/{key}`` for each key of
+        :func:`attribute_metrics` over a range that has crops.
+    """
+    areas = np.asarray(areas, dtype=np.float64).reshape(-1)
+    if len(areas) != len(targets):
+        raise ValueError(f"{len(areas)} areas for {len(targets)} crops; expected one area per crop")
+    params = Params(iouType="bbox")
+    metrics: dict[str, float] = {}
+    for name, (lo, hi) in zip(params.areaRngLbl, params.areaRng):
+        if name == "all":
+            continue
+        keep = (areas >= lo) & (areas < hi)
+        metrics[f"{name}/num_crops"] = float(keep.sum())
+        if keep.any():
+            in_range, _ = attribute_metrics(targets[keep], probs[keep], schema)
+            metrics.update({f"{name}/{k}": v for k, v in in_range.items()})
+    return metrics
+
+
+def annotation_areas(gt: COCO | str | Path | Mapping[str, Any], ann_ids: Sequence[str | int | None]) -> np.ndarray:
+    """``(N,)`` the COCO ``area`` of each annotation id (``bbox`` width x height where a file has no
+    ``area``); NaN for an empty id (a crop index's heads that match no label).
+
+    Raises:
+        KeyError: an id the file does not hold (crops cut from another COCO file).
+    """
+    data = _load_gt_dataset(gt)
+    area = {a["id"]: float(a["area"]) if "area" in a else float(a["bbox"][2] * a["bbox"][3])
+            for a in data["annotations"]}
+    out = np.full(len(ann_ids), np.nan)
+    for i, ann_id in enumerate(ann_ids):
+        if ann_id in ("", None):
+            continue
+        if int(ann_id) not in area:
+            raise KeyError(f"annotation id {ann_id} is not in the ground truth; were the crops cut from this COCO file?")
+        out[i] = area[int(ann_id)]
+    return out
 
 
 def write_attribute_reports(stem: str | Path, schema: AttributeSchema, matrices: Mapping[str, np.ndarray],

@@ -17,8 +17,12 @@ from hypothesis import strategies as st
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
+from headseg.attributes import AttributeSchema
 from headseg.evaluation import (
     STAT_NAMES,
+    annotation_areas,
+    attribute_metrics,
+    attribute_metrics_by_area,
     classification_metrics,
     coco_evaluate,
     confusion_matrix,
@@ -364,6 +368,37 @@ def test_classification_metrics_by_hand() -> None:
         "support/hat": 3.0, "support/cap": 2.0, "support/bare": 4.0,
     }
     assert m == pytest.approx(expected)
+
+
+def test_classification_by_object_size_uses_cocos_area_ranges() -> None:
+    schema = AttributeSchema.single(["hat", "bare"])
+    # small (under 32^2), medium (32^2 to 96^2), large, and a head that matches no label (NaN).
+    areas = [100.0, 31.0 ** 2, 32.0 ** 2, 2000.0, 96.0 ** 2, float("nan")]
+    targets = torch.tensor([[0], [1], [0], [1], [0], [1]])
+    probs = torch.tensor([[0.9, 0.1], [0.8, 0.2], [0.3, 0.7], [0.1, 0.9], [0.6, 0.4], [0.5, 0.5]])
+    m = attribute_metrics_by_area(targets, probs, schema, areas)
+    assert {k: m[k] for k in m if k.endswith("num_crops")} == {
+        "small/num_crops": 2.0, "medium/num_crops": 2.0, "large/num_crops": 1.0}
+    assert m["small/accuracy"] == 0.5 and m["medium/accuracy"] == 0.5 and m["large/accuracy"] == 1.0
+    # each range's keys are attribute_metrics over that range's crops alone
+    medium, _ = attribute_metrics(targets[2:4], probs[2:4], schema)
+    assert {k.removeprefix("medium/"): v for k, v in m.items() if k.startswith("medium/")} == {
+        **medium, "num_crops": 2.0}
+    # a range with no crops keeps its count (0) and nothing else
+    assert attribute_metrics_by_area(targets[:1], probs[:1], schema, [100.0]) == pytest.approx(
+        {"small/num_crops": 1.0, "medium/num_crops": 0.0, "large/num_crops": 0.0,
+         **{f"small/{k}": v for k, v in attribute_metrics(targets[:1], probs[:1], schema)[0].items()}})
+    with pytest.raises(ValueError, match="one area per crop"):
+        attribute_metrics_by_area(targets, probs, schema, areas[:2])
+
+
+def test_annotation_areas_read_the_coco_area() -> None:
+    gt = {"images": [], "categories": [],
+          "annotations": [{"id": 7, "bbox": [0, 0, 10, 20], "area": 150.0}, {"id": 8, "bbox": [0, 0, 10, 20]}]}
+    areas = annotation_areas(gt, ["7", 8, ""])  # index.csv ids are strings; no id: a head matching no label
+    assert areas[:2].tolist() == [150.0, 200.0] and np.isnan(areas[2])  # `area`, else the box's
+    with pytest.raises(KeyError, match="cut from this COCO file"):
+        annotation_areas(gt, ["9"])
 
 
 def test_classification_zero_division() -> None:

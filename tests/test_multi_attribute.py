@@ -221,8 +221,12 @@ def test_two_crop_sets_train_and_evaluate_per_attribute(trained: Path, data: dic
     # eval_cls on one source's crops scores the attribute that source labels, and only it.
     out = tmp_path / "ev" / "faces.json"
     metrics = eval_cls.main(eval_cls.parse_args([str(trained / "best.pt"), str(data["faces"]["crops_val"]),
-                                                 "--out", str(out), "--no-progress"]))
+                                                 "--out", str(out), "--coco", str(data["faces"]["val"]),
+                                                 "--no-progress"]))
     assert "face_mask/macro_f1" in metrics and not any(k.startswith("headwear/") for k in metrics)
+    # --coco: the same metrics per COCO area range of the faces the crops were cut from
+    assert sum(metrics[f"{r}/num_crops"] for r in ("small", "medium", "large")) == metrics["num_crops"]
+    assert all(f"{r}/face_mask/macro_f1" in metrics for r in ("small", "medium", "large") if metrics[f"{r}/num_crops"])
     assert metrics["macro_f1"] == metrics["face_mask/macro_f1"]
     for name in ("faces_face_mask_confusion.png", "faces_face_mask_mistakes.png", "faces_predictions.csv"):
         assert (tmp_path / "ev" / name).is_file(), name

@@ -5,7 +5,10 @@ Writes the flat metrics JSON to ``--out FILE`` and beside it ``FILE_confusion.cs
 true / predicted (probability)) and ``FILE_predictions.csv`` (one row per crop); prints a table.
 A multi-attribute classifier is scored on each attribute the crop set's source labels, with
 metric keys ``{attribute}/...`` and files ``FILE_{attribute}_confusion.png`` and so on; the source
-is the schema's one whose categories cover the index's labels, or ``--source``.
+is the schema's one whose categories cover the index's labels, or ``--source``. With ``--coco``
+(the COCO file the crops were cut from) the same metrics also come per object size, over COCO's
+area ranges (keys ``small/...``, ``medium/...``, ``large/...``: the ranges of ``APs``, ``APm``,
+``APl``), read from each crop's labelled annotation; heads that match no label are in none.
 The crops must follow the crop rules the checkpoint records (checked against ``crops.json``).
 
 Report numbers on ``test`` crops only for the checkpoint that ``val`` picked (data README).
@@ -17,6 +20,9 @@ Examples:
         --out runs/cls_hardhat/eval_test.json
     python tools/eval_cls.py runs/cls_multi/best.pt work_data/crops_facemask_head/val/index.csv \\
         --source facemask --out runs/cls_multi/eval_facemask_val.json
+    # by object size: how the classifier fares on small faces
+    python tools/eval_cls.py runs/cls_multi/best.pt work_data/crops_facemask_head/val/index.csv \
+        --coco work_data/facemask/val.json --out runs/cls_multi/eval_facemask_val.json
     # an ensemble of seeds: their probabilities averaged
     python tools/eval_cls.py runs/cls_multi_s0/best.pt runs/cls_multi_s1/best.pt \\
         work_data/crops_facemask_head/val/index.csv --out runs/ensemble/eval_facemask_val.json
@@ -34,7 +40,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from headseg.classification import Classifier, predict_index  # noqa: E402
 from headseg.crop_sets import CropIndexDataset  # noqa: E402
 from headseg.evaluation import (  # noqa: E402
+    annotation_areas,
     attribute_metrics,
+    attribute_metrics_by_area,
     format_metrics_table,
     write_attribute_predictions,
     write_attribute_reports,
@@ -51,6 +59,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("index", type=Path, help="index.csv from tools/make_crops.py")
     parser.add_argument("--out", type=Path, required=True, help="metrics JSON; other files beside it")
     parser.add_argument("--source", help="schema source that labelled the crops (default: inferred)")
+    parser.add_argument("--coco", type=Path,
+                        help="the COCO file the crops were cut from: also score them per COCO object-area range")
     parser.add_argument("--device", default="cpu", help="cpu, cuda")
     parser.add_argument("--batch-size", type=int, default=128)
     add_flip_arg(parser)
@@ -67,9 +77,12 @@ def main(args: argparse.Namespace) -> dict[str, float]:
                            args.batch_size, progress=not args.no_progress, flip=bool(args.flip))
     metrics, matrices = attribute_metrics(result.targets, result.probs, schema)
     metrics["num_crops"] = float(len(result.paths))
+    dataset = CropIndexDataset(args.index)  # read back only the crops the galleries show
+    if args.coco:
+        areas = annotation_areas(args.coco, [row.get("ann_id") for row in dataset.rows])
+        metrics.update(attribute_metrics_by_area(result.targets, result.probs, schema, areas))
 
     stem = args.out.with_suffix("")
-    dataset = CropIndexDataset(args.index)  # read back only the crops the galleries show
     write_attribute_reports(stem, schema, matrices, result.targets, result.probs, dataset.image,
                             args.max_mistakes)
     write_attribute_predictions(f"{stem}_predictions.csv", result.paths, result.targets, result.probs,
@@ -77,7 +90,9 @@ def main(args: argparse.Namespace) -> dict[str, float]:
     write_json(args.out, metrics)
 
     print(f"{' + '.join(map(str, args.checkpoint))} on {args.index} ({len(result.paths)} crops, source {result.source}):")
-    print(format_metrics_table(metrics))
+    ranges = ("small/", "medium/", "large/")  # in the table only their counts, macro-F1 and accuracy
+    print(format_metrics_table(metrics, [k for k in metrics if not k.startswith(ranges)
+                                         or k.endswith(("num_crops", "macro_f1", "accuracy"))]))
     print(f"metrics: {args.out}; confusion, mistakes and predictions beside it")
     return metrics
 
