@@ -47,6 +47,9 @@ IOU_TYPES = ("bbox", "segm")
 # last ``maxDets`` entry and is renamed ``AR{max_dets}`` when that is raised.
 STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 AGNOSTIC_CATEGORY = {"id": 1, "name": "head"}
+# COCO's object-area ranges in px^2, [low, high), those of APs / APm / APl (pycocotools' own)
+AREA_RANGES = {name: tuple(bounds) for name, bounds in zip(Params(iouType="bbox").areaRngLbl,
+                                                            Params(iouType="bbox").areaRng) if name != "all"}
 
 # ----------------------------------------------------------------------------- COCO results
 
@@ -788,9 +791,9 @@ def attribute_metrics_by_area(targets: torch.Tensor, probs: torch.Tensor, schema
                               areas: np.ndarray | Sequence[float]) -> dict[str, float]:
     """:func:`attribute_metrics` over the crops of each of COCO's object-area ranges.
 
-    The ranges are pycocotools' own (``small`` under 32^2 px, ``medium`` to 96^2, ``large``
-    above: those of ``APs``, ``APm``, ``APl``), so a classifier reads by object size as the
-    detector does.
+    The ranges are :data:`AREA_RANGES`, pycocotools' own (``small`` under 32^2 px, ``medium`` to
+    96^2, ``large`` above: those of ``APs``, ``APm``, ``APl``), so a classifier reads by object
+    size as the detector does.
 
     Args:
         targets, probs, schema: As :func:`attribute_metrics`.
@@ -804,11 +807,8 @@ def attribute_metrics_by_area(targets: torch.Tensor, probs: torch.Tensor, schema
     areas = np.asarray(areas, dtype=np.float64).reshape(-1)
     if len(areas) != len(targets):
         raise ValueError(f"{len(areas)} areas for {len(targets)} crops; expected one area per crop")
-    params = Params(iouType="bbox")
     metrics: dict[str, float] = {}
-    for name, (lo, hi) in zip(params.areaRngLbl, params.areaRng):
-        if name == "all":
-            continue
+    for name, (lo, hi) in AREA_RANGES.items():
         keep = (areas >= lo) & (areas < hi)
         metrics[f"{name}/num_crops"] = float(keep.sum())
         if keep.any():

@@ -21,7 +21,7 @@ Examples:
     python tools/eval_cls.py runs/cls_multi/best.pt work_data/crops_facemask_head/val/index.csv \\
         --source facemask --out runs/cls_multi/eval_facemask_val.json
     # by object size: how the classifier fares on small faces
-    python tools/eval_cls.py runs/cls_multi/best.pt work_data/crops_facemask_head/val/index.csv \
+    python tools/eval_cls.py runs/cls_multi/best.pt work_data/crops_facemask_head/val/index.csv \\
         --coco work_data/facemask/val.json --out runs/cls_multi/eval_facemask_val.json
     # an ensemble of seeds: their probabilities averaged
     python tools/eval_cls.py runs/cls_multi_s0/best.pt runs/cls_multi_s1/best.pt \\
@@ -40,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from headseg.classification import Classifier, predict_index  # noqa: E402
 from headseg.crop_sets import CropIndexDataset  # noqa: E402
 from headseg.evaluation import (  # noqa: E402
+    AREA_RANGES,
     annotation_areas,
     attribute_metrics,
     attribute_metrics_by_area,
@@ -90,7 +91,7 @@ def main(args: argparse.Namespace) -> dict[str, float]:
     write_json(args.out, metrics)
 
     print(f"{' + '.join(map(str, args.checkpoint))} on {args.index} ({len(result.paths)} crops, source {result.source}):")
-    ranges = ("small/", "medium/", "large/")  # in the table only their counts, macro-F1 and accuracy
+    ranges = tuple(f"{name}/" for name in AREA_RANGES)  # in the table only their counts, macro-F1, accuracy
     print(format_metrics_table(metrics, [k for k in metrics if not k.startswith(ranges)
                                          or k.endswith(("num_crops", "macro_f1", "accuracy"))]))
     print(f"metrics: {args.out}; confusion, mistakes and predictions beside it")
