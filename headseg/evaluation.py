@@ -818,15 +818,16 @@ def attribute_metrics_by_area(targets: torch.Tensor, probs: torch.Tensor, schema
 
 
 def annotation_areas(gt: COCO | str | Path | Mapping[str, Any], ann_ids: Sequence[str | int | None]) -> np.ndarray:
-    """``(N,)`` the COCO ``area`` of each annotation id (``bbox`` width x height where a file has no
-    ``area``); NaN for an empty id (a crop index's heads that match no label).
+    """``(N,)`` the COCO ``area`` of each annotation id, as COCOeval reads it (where a file has none:
+    the mask's area, else the box's, :func:`_prepare_gt`); NaN for an empty id (a crop index's
+    heads that match no label).
 
     Raises:
         KeyError: an id the file does not hold (crops cut from another COCO file).
+        ValueError: not a valid COCO file (:func:`_prepare_gt`).
     """
-    data = _load_gt_dataset(gt)
-    area = {a["id"]: float(a["area"]) if "area" in a else float(a["bbox"][2] * a["bbox"][3])
-            for a in data["annotations"]}
+    data = _prepare_gt(_load_gt_dataset(gt), ("bbox",), class_agnostic=False)
+    area = {a["id"]: float(a["area"]) for a in data["annotations"]}
     out = np.full(len(ann_ids), np.nan)
     for i, ann_id in enumerate(ann_ids):
         if ann_id in ("", None):

@@ -393,8 +393,9 @@ def test_classification_by_object_size_uses_cocos_area_ranges() -> None:
 
 
 def test_annotation_areas_read_the_coco_area() -> None:
-    gt = {"images": [], "categories": [],
-          "annotations": [{"id": 7, "bbox": [0, 0, 10, 20], "area": 150.0}, {"id": 8, "bbox": [0, 0, 10, 20]}]}
+    gt = {"images": [{"id": 1, "height": 64, "width": 64}], "categories": [{"id": 1, "name": "head"}],
+          "annotations": [{"id": 7, "image_id": 1, "category_id": 1, "bbox": [0, 0, 10, 20], "area": 150.0},
+                          {"id": 8, "image_id": 1, "category_id": 1, "bbox": [0, 0, 10, 20]}]}
     areas = annotation_areas(gt, ["7", 8, ""])  # index.csv ids are strings; no id: a head matching no label
     assert areas[:2].tolist() == [150.0, 200.0] and np.isnan(areas[2])  # `area`, else the box's
     with pytest.raises(KeyError, match="cut from this COCO file"):
