@@ -23,6 +23,9 @@ setup(
         "PyYAML>=6.0",
         "tqdm>=4.64",
         "matplotlib>=3.7",
+        # Optimal track/label matching (headseg.track_eval) and the classifier's bootstrap
+        # confidence intervals (headseg.evaluation.bootstrap_intervals; `rng=` from 1.15).
+        "scipy>=1.15",
         # Video: ByteTrack links heads across frames (headseg.tracking); Roboflow's `trackers`
         # is where supervision's sv.ByteTrack moved. It declares opencv-python, the GUI build
         # of the same cv2 package as the headless one above: `make venv` keeps the headless one.

@@ -7,6 +7,7 @@ import copy
 import io
 import json
 import logging
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,15 +24,19 @@ from headseg.evaluation import (
     annotation_areas,
     attribute_metrics,
     attribute_metrics_by_area,
+    bootstrap_intervals,
     classification_metrics,
     coco_evaluate,
     confusion_matrix,
     format_metrics_table,
     operating_point,
     plot_confusion_matrix,
+    read_attribute_predictions,
     to_coco_results,
+    write_attribute_predictions,
     write_confusion_csv,
 )
+from tools import compare_cls
 
 # pycocotools' own decode() trips a numpy 2 deprecation inside the test helper's annToMask.
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
@@ -274,6 +279,10 @@ def test_format_metrics_table() -> None:
     assert lines[2].split() == ["bbox/AP", "0.5000"] and lines[4].split() == ["tp", "12"]
     assert len({len(line) for line in lines}) == 1  # aligned
     assert format_metrics_table(metrics, keys=["tp"]).splitlines()[-1].split() == ["tp", "12"]
+    # an interval beside its metric, in a third column; its ends are not rows of their own
+    lines = format_metrics_table({**metrics, "bbox/AP/ci_low": 0.25, "bbox/AP/ci_high": 0.75}).splitlines()
+    assert lines[0].split() == ["metric", "value", "interval"] and len(lines) == 5
+    assert lines[2].split() == ["bbox/AP", "0.5000", "[0.2500,", "0.7500]"] and lines[3].split() == ["bbox/AP50", "1.0000"]
     with pytest.raises(ValueError, match="bbox/AP50"):
         format_metrics_table(metrics, keys=["bbox/AP5O"])
 
@@ -390,6 +399,93 @@ def test_classification_by_object_size_uses_cocos_area_ranges() -> None:
          **{f"small/{k}": v for k, v in attribute_metrics(targets[:1], probs[:1], schema)[0].items()}})
     with pytest.raises(ValueError, match="one area per crop"):
         attribute_metrics_by_area(targets, probs, schema, areas[:2])
+
+
+def test_bootstrap_intervals_bracket_the_metrics_and_narrow_with_more_crops() -> None:
+    schema = AttributeSchema.single(NAMES)
+    targets = torch.tensor(Y_TRUE)[:, None]
+    probs = torch.nn.functional.one_hot(torch.tensor(Y_PRED), len(NAMES)).float()
+    metrics, _ = attribute_metrics(targets, probs, schema)
+    ci = bootstrap_intervals(targets, probs, schema, resamples=300)
+    scored = [k for k in metrics if not k.startswith("support/")]
+    assert set(ci) == {f"{k}/{end}" for k in scored for end in ("ci_low", "ci_high")}
+    assert all(0.0 <= ci[f"{k}/ci_low"] <= ci[f"{k}/ci_high"] <= 1.0 for k in scored)
+    assert bootstrap_intervals(targets, probs, schema, resamples=300) == ci  # seeded
+    # Sixteen times the crops, the same mix: the interval narrows about fourfold and holds the estimate.
+    many = bootstrap_intervals(targets.repeat(16, 1), probs.repeat(16, 1), schema, resamples=300)
+    for k in ("macro_f1", "accuracy", "f1/bare"):
+        assert many[f"{k}/ci_low"] < metrics[k] < many[f"{k}/ci_high"]
+        assert many[f"{k}/ci_high"] - many[f"{k}/ci_low"] < 0.5 * (ci[f"{k}/ci_high"] - ci[f"{k}/ci_low"])
+    # Right on every crop: every resample scores 1, and so do both ends.
+    right = torch.nn.functional.one_hot(torch.tensor(Y_TRUE), len(NAMES)).float()
+    perfect = bootstrap_intervals(targets, right, schema, resamples=50)
+    assert perfect["macro_f1/ci_low"] == perfect["macro_f1/ci_high"] == 1.0
+    with pytest.raises(ValueError, match="at least 2 resamples"):
+        bootstrap_intervals(targets, probs, schema, resamples=1)
+    with pytest.raises(ValueError, match="level in"):
+        bootstrap_intervals(targets, probs, schema, level=95)
+    with pytest.raises(ValueError, match="same crops"):
+        bootstrap_intervals(targets, probs, schema, baseline=probs[:3])
+
+
+def test_bootstrap_intervals_per_attribute() -> None:
+    schema = AttributeSchema.from_dict({"attributes": {"headwear": ["helmet", "none"],
+                                                       "face_mask": ["with_mask", "without_mask"]},
+                                        "sources": {}})
+    # six crops label headwear only: face_mask is not scored, and has no interval
+    targets = torch.tensor([[0, -1], [1, -1], [0, -1], [1, -1], [0, -1], [0, -1]])
+    probs = torch.tensor([[0.9, 0.1, 0.5, 0.5]] * 6)
+    ci = bootstrap_intervals(targets, probs, schema, resamples=50)
+    assert "headwear/macro_f1/ci_low" in ci and "macro_f1/ci_high" in ci
+    assert not any(k.startswith("face_mask/") for k in ci)
+
+
+TWO = AttributeSchema({"headwear": ["helmet", "none"], "face_mask": ["with_mask", "without_mask", "incorrect"]}, {})
+
+
+def test_predictions_csv_reads_back(tmp_path: Path) -> None:
+    # face crops: face_mask labelled (one not), headwear never; the file keeps every output column
+    targets = torch.tensor([[-1, 0], [-1, 2], [-1, -1], [-1, 1]])
+    probs = torch.tensor([[0.3, 0.7, 0.8, 0.1, 0.1], [0.5, 0.5, 0.2, 0.2, 0.6],
+                          [0.9, 0.1, 0.1, 0.8, 0.1], [0.6, 0.4, 0.4, 0.5, 0.1]])
+    crops = [f"crops/{i}.png" for i in range(4)]
+    write_attribute_predictions(tmp_path / "p.csv", crops, targets, probs, TWO, ["face_mask"])
+    back = read_attribute_predictions(tmp_path / "p.csv")
+    assert back[0] == crops and back[1].equal(targets) and back[3] == TWO
+    assert torch.allclose(back[2], probs, atol=1e-4)
+    one = AttributeSchema.single(NAMES)
+    write_attribute_predictions(tmp_path / "one.csv", crops[:3], torch.tensor([[0], [2], [1]]), probs[:3, 2:], one, ["label"])
+    assert read_attribute_predictions(tmp_path / "one.csv")[3].attributes == one.attributes
+    (tmp_path / "bad.csv").write_text("image,score\na.png,0.5\n")
+    with pytest.raises(ValueError, match="predictions CSV that tools/eval_cls.py writes"):
+        read_attribute_predictions(tmp_path / "bad.csv")
+
+
+def test_compare_cls_gives_paired_differences(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    g = torch.Generator().manual_seed(0)
+    n = 120
+    labels = torch.randint(0, 3, (n,), generator=g)
+    targets = torch.stack([torch.full((n,), -1), labels], 1)
+    onehot = torch.nn.functional.one_hot(labels, 3).float()
+    baseline = torch.cat([torch.full((n, 2), 0.5), torch.softmax(torch.randn(n, 3, generator=g) + 1.0 * onehot, 1)], 1)
+    candidate = torch.cat([torch.full((n, 2), 0.5), torch.softmax(torch.randn(n, 3, generator=g) + 3.0 * onehot, 1)], 1)
+    crops = [f"crops/{i}.png" for i in range(n)]
+    for name, probs in (("a", baseline), ("b", candidate)):
+        write_attribute_predictions(tmp_path / f"{name}.csv", crops, targets, probs, TWO, ["face_mask"])
+    report = compare_cls.main(compare_cls.parse_args([str(tmp_path / "a.csv"), str(tmp_path / "b.csv"),
+                                                      "--bootstrap", "300", "--out", str(tmp_path / "r.json")]))
+    assert json.loads((tmp_path / "r.json").read_text()) == report
+    key = "face_mask/macro_f1"
+    assert report[f"difference/{key}"] == pytest.approx(report[f"candidate/{key}"] - report[f"baseline/{key}"])
+    # the much better candidate: the whole interval of its gain is above 0, and holds the gain
+    assert 0 < report[f"difference/{key}/ci_low"] < report[f"difference/{key}"] < report[f"difference/{key}/ci_high"]
+    assert key in capsys.readouterr().out
+    # a model against itself: no difference on any resample
+    same = compare_cls.main(compare_cls.parse_args([str(tmp_path / "a.csv"), str(tmp_path / "a.csv"), "--bootstrap", "50"]))
+    assert same[f"difference/{key}/ci_low"] == same[f"difference/{key}/ci_high"] == 0.0
+    write_attribute_predictions(tmp_path / "c.csv", crops[::-1], targets, candidate, TWO, ["face_mask"])
+    with pytest.raises(ValueError, match="same crop index"):
+        compare_cls.main(compare_cls.parse_args([str(tmp_path / "a.csv"), str(tmp_path / "c.csv")]))
 
 
 def test_annotation_areas_read_the_coco_area() -> None:

@@ -228,6 +228,9 @@ def test_two_crop_sets_train_and_evaluate_per_attribute(trained: Path, data: dic
     assert sum(metrics[f"{r}/num_crops"] for r in ("small", "medium", "large")) == metrics["num_crops"]
     assert all(f"{r}/face_mask/macro_f1" in metrics for r in ("small", "medium", "large") if metrics[f"{r}/num_crops"])
     assert metrics["macro_f1"] == metrics["face_mask/macro_f1"]
+    # each metric's 95 % bootstrap interval over the crops beside it
+    assert metrics["face_mask/macro_f1/ci_low"] <= metrics["face_mask/macro_f1/ci_high"]
+    assert "face_mask/support/with_mask/ci_low" not in metrics
     for name in ("faces_face_mask_confusion.png", "faces_face_mask_mistakes.png", "faces_predictions.csv"):
         assert (tmp_path / "ev" / name).is_file(), name
     header = (tmp_path / "ev" / "faces_predictions.csv").read_text().splitlines()[0].split(",")
@@ -236,8 +239,9 @@ def test_two_crop_sets_train_and_evaluate_per_attribute(trained: Path, data: dic
         clf.schema.source_of(["bare"])
     hats = eval_cls.main(eval_cls.parse_args([str(trained / "best.pt"), str(data["hats"]["crops_val"]),
                                               "--source", "hats", "--out", str(tmp_path / "h.json"),
-                                              "--no-progress"]))
+                                              "--bootstrap", "0", "--no-progress"]))
     assert "headwear/macro_f1" in hats and "face_mask/macro_f1" not in hats
+    assert not any(k.endswith("/ci_low") for k in hats)  # --bootstrap 0: no intervals
 
 
 def test_loss_balancing_and_resume_with_two_crop_sets(config_file: Path, trained: Path, tmp_path: Path) -> None:

@@ -9,6 +9,9 @@ is the schema's one whose categories cover the index's labels, or ``--source``. 
 (the COCO file the crops were cut from) the same metrics also come per object size, over COCO's
 area ranges (keys ``small/...``, ``medium/...``, ``large/...``: the ranges of ``APs``, ``APm``,
 ``APl``), read from each crop's labelled annotation; heads that match no label are in none.
+Each metric also comes with a 95 % confidence interval (keys ``.../ci_low``, ``.../ci_high``; a
+third column in the table): a percentile bootstrap over the crops, ``--bootstrap`` resamples
+(0: none). It is the sampling error of a set of this size: on a rare value it spans points.
 The crops must follow the crop rules the checkpoint records (checked against ``crops.json``).
 
 Report numbers on ``test`` crops only for the checkpoint that ``val`` picked (data README).
@@ -44,6 +47,7 @@ from headseg.evaluation import (  # noqa: E402
     annotation_areas,
     attribute_metrics,
     attribute_metrics_by_area,
+    bootstrap_intervals,
     format_metrics_table,
     write_attribute_predictions,
     write_attribute_reports,
@@ -65,6 +69,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", default="cpu", help="cpu, cuda")
     parser.add_argument("--batch-size", type=int, default=128)
     add_flip_arg(parser)
+    parser.add_argument("--bootstrap", type=int, default=1000, metavar="N",
+                        help="resamples for the 95%% confidence intervals (0: no intervals)")
     parser.add_argument("--max-mistakes", type=int, default=24, help="crops in the mistakes gallery")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser.parse_args(argv)
@@ -77,6 +83,8 @@ def main(args: argparse.Namespace) -> dict[str, float]:
     result = predict_index(clf.model, args.index, schema, clf.preprocessing, args.source, args.device,
                            args.batch_size, progress=not args.no_progress, flip=bool(args.flip))
     metrics, matrices = attribute_metrics(result.targets, result.probs, schema)
+    if args.bootstrap:
+        metrics.update(bootstrap_intervals(result.targets, result.probs, schema, resamples=args.bootstrap))
     metrics["num_crops"] = float(len(result.paths))
     dataset = CropIndexDataset(args.index)  # read back only the crops the galleries show
     if args.coco:
@@ -92,8 +100,10 @@ def main(args: argparse.Namespace) -> dict[str, float]:
 
     print(f"{' + '.join(map(str, args.checkpoint))} on {args.index} ({len(result.paths)} crops, source {result.source}):")
     ranges = tuple(f"{name}/" for name in AREA_RANGES)  # in the table only their counts, macro-F1, accuracy
-    print(format_metrics_table(metrics, [k for k in metrics if not k.startswith(ranges)
-                                         or k.endswith(("num_crops", "macro_f1", "accuracy"))]))
+    print(format_metrics_table(metrics, [k for k in metrics if not k.endswith(("/ci_low", "/ci_high")) and (
+        not k.startswith(ranges) or k.endswith(("num_crops", "macro_f1", "accuracy")))]))
+    if args.bootstrap:
+        print(f"interval: 95 % percentile bootstrap over the crops, {args.bootstrap} resamples")
     print(f"metrics: {args.out}; confusion, mistakes and predictions beside it")
     return metrics
 
