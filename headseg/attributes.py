@@ -337,7 +337,7 @@ def distillation_loss(logits: Mapping[str, torch.Tensor], teacher_logits: Mappin
 
 
 def balanced_sample_weights(targets: torch.Tensor, crop_weights: torch.Tensor | None = None,
-                            attribute_weights: Sequence[float] | None = None) -> torch.Tensor:
+                            attribute_weights: Sequence[float] | None = None, power: float = 1.0) -> torch.Tensor:
     """Per-crop sampling weights so every attribute's rare values are seen.
 
     Each labelled (attribute, value) pair gets a total weight of 1, shared by its crops in
@@ -346,7 +346,9 @@ def balanced_sample_weights(targets: torch.Tensor, crop_weights: torch.Tensor | 
     crop of a common value of the same attribute, whichever source it comes from. Every
     attribute's total weight is then its number of values, so attributes with more values
     (and their sources) are drawn in proportion to that, not to their crop counts;
-    ``attribute_weights`` scale those totals.
+    ``attribute_weights`` scale those totals. ``power`` below 1 balances less: a value's share of
+    its attribute's draws goes as its count to the ``1 - power`` (0.5: square-root sampling,
+    Mahajan et al., 2018; 0: as the crops come), so a rare value's few crops repeat less often.
 
     Args:
         targets: ``(N, A)`` int64 with ``-1`` for missing labels.
@@ -355,6 +357,7 @@ def balanced_sample_weights(targets: torch.Tensor, crop_weights: torch.Tensor | 
             value, never between values. None: all 1.
         attribute_weights: ``(A,)`` positive multipliers of each attribute's total (2: its
             values drawn twice as often as with 1, against the other attributes'). None: all 1.
+        power: In [0, 1]: 1 gives every value equal draws.
 
     Returns:
         ``(N,)`` float64 weights for ``torch.utils.data.WeightedRandomSampler``; a crop with
@@ -370,6 +373,8 @@ def balanced_sample_weights(targets: torch.Tensor, crop_weights: torch.Tensor | 
     if len(scale) != targets.shape[1] or not all(w > 0 for w in scale):
         raise ValueError(f"attribute_weights {scale} for {targets.shape[1]} attributes; expected one "
                          "positive weight per attribute")
+    if not 0 <= power <= 1:
+        raise ValueError(f"balance power {power}; expected a number in [0, 1] (1: every value drawn alike)")
     weights = torch.zeros_like(share)
     for a in range(targets.shape[1]):
         column = targets[:, a]
@@ -380,6 +385,9 @@ def balanced_sample_weights(targets: torch.Tensor, crop_weights: torch.Tensor | 
         totals.index_add_(0, column[labelled], share[labelled])
         w = torch.zeros_like(weights)
         w[labelled] = scale[a] * share[labelled] / totals[column[labelled]]
+        if power != 1:  # each value's total goes from 1 to its count^(1 - power); the attribute's stays
+            w[labelled] *= totals[column[labelled]] ** (1 - power)
+            w[labelled] *= scale[a] * int((totals > 0).sum()) / w[labelled].sum()
         weights = torch.maximum(weights, w)
     return weights
 

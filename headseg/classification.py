@@ -536,6 +536,9 @@ def _check_train_config(cfg: ClsConfig) -> None:
                          "tools/make_crops.py")
     if cfg.data.balance not in ("sampler", "loss", "none"):
         raise ValueError(f"data.balance={cfg.data.balance!r} is not one of sampler, loss, none")
+    if cfg.data.balance_power != 1 and (cfg.data.balance != "sampler" or not 0 <= cfg.data.balance_power <= 1):
+        raise ValueError(f"data.balance_power={cfg.data.balance_power} with data.balance={cfg.data.balance!r}; "
+                         "expected a power in [0, 1] with data.balance=sampler (1: every value drawn alike)")
     if not 0 <= t.frozen_epochs <= t.epochs:
         raise ValueError(f"train.frozen_epochs={t.frozen_epochs} with train.epochs={t.epochs}; expected "
                          "0 <= frozen_epochs <= epochs")
@@ -619,7 +622,7 @@ def _sample_weights(dataset: AttributeCropDataset, cfg: ClsConfig) -> torch.Tens
     if cfg.data.sources:
         crop_weights = torch.tensor([s.weight for s in cfg.data.sources])[_crop_set_of_each_crop(dataset)]
     attribute_weights = [float(cfg.data.attribute_draws.get(a, 1.0)) for a in dataset.schema.attributes]
-    return balanced_sample_weights(dataset.targets, crop_weights, attribute_weights)
+    return balanced_sample_weights(dataset.targets, crop_weights, attribute_weights, cfg.data.balance_power)
 
 
 def draw_shares(dataset: AttributeCropDataset, cfg: ClsConfig) -> dict[str, dict[str, float]]:

@@ -150,6 +150,10 @@ class ClsDataConfig:
     # `{face_mask: 2}` draws face_mask's values twice as often as by default (attributes not
     # named: 1). By default an attribute's share is its number of values over all the values.
     attribute_draws: dict[str, float] = field(default_factory=dict)
+    # With `balance: sampler`: how far to balance each attribute's values. 1: equal draws; 0.5:
+    # a value's draws go as the square root of its crop count (square-root sampling); 0: as the
+    # crops come (attributes.balanced_sample_weights).
+    balance_power: float = 1.0
     workers: int = 2
 
 

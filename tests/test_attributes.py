@@ -208,6 +208,23 @@ def test_balanced_weights_give_rare_values_equal_draws() -> None:
     assert balanced_sample_weights(torch.tensor([[MISSING, MISSING]]))[0] == 0
 
 
+def test_balance_power_tempers_the_rare_values_draws() -> None:
+    # face_mask: 16 with_mask, 4 without, 1 incorrect; headwear: 2 helmets, 2 bare heads
+    targets = torch.tensor([[MISSING, 0]] * 16 + [[MISSING, 1]] * 4 + [[MISSING, 2]] + [[0, MISSING]] * 2
+                           + [[1, MISSING]] * 2)
+    values = {"with": slice(0, 16), "without": slice(16, 20), "inc": slice(20, 21)}
+    assert torch.equal(balanced_sample_weights(targets, power=1.0), balanced_sample_weights(targets))
+    sqrt = balanced_sample_weights(targets, power=0.5)
+    share = {k: float(sqrt[v].sum()) for k, v in values.items()}  # counts^0.5: 4 : 2 : 1
+    assert share["with"] / share["inc"] == pytest.approx(4) and share["without"] / share["inc"] == pytest.approx(2)
+    assert sum(share.values()) == pytest.approx(3.0)  # each attribute's draws are unmoved
+    assert float(sqrt[21:].sum()) == pytest.approx(2.0)
+    natural = balanced_sample_weights(targets, power=0.0)  # as the crops come: one weight per crop
+    assert torch.allclose(natural[:21], torch.full((21,), 3 / 21, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"in \[0, 1\]"):
+        balanced_sample_weights(targets, power=1.5)
+
+
 def test_crop_weights_move_draws_within_a_value_only() -> None:
     # `none` from 3 hhw crops and 1 weakly labelled street crop weighted 3: half the draws each
     targets = torch.tensor([[0, MISSING]] * 2 + [[1, MISSING]] * 4 + [[MISSING, 1]])

@@ -328,6 +328,14 @@ def test_class_balancing_runs(crop_sets: dict[str, Path], tmp_path: Path, balanc
     result = train_classifier(_cfg(crop_sets, f"data.balance={balance}", "train.max_iters=1"),
                               tmp_path, progress=False)
     assert result["epochs"] == 1 and 0.0 <= result["best"] <= 1.0
+    if balance == "sampler":  # square-root sampling trains too; a power needs the sampler
+        tempered = train_classifier(_cfg(crop_sets, "data.balance_power=0.5", "train.max_iters=1"),
+                                    tmp_path / "sqrt", progress=False)
+        assert tempered["epochs"] == 1
+    else:
+        with pytest.raises(ValueError, match="balance_power"):
+            train_classifier(_cfg(crop_sets, "data.balance=loss", "data.balance_power=0.5"), tmp_path / "bad",
+                             progress=False)
 
 
 def test_early_stopping_stops(crop_sets: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
