@@ -6,7 +6,8 @@ flattens its outputs into ``dict[str, float]``. Nothing of pycocotools is re-imp
 except reading per-category numbers out of ``COCOeval.eval['precision']``.
 
 Stage 2 (attire classes) is scored with pure numpy: a confusion matrix and the metrics derived
-from it, plus a PNG and a CSV of the matrix for reports.
+from it, plus a PNG and a CSV of the matrix for reports, and bootstrap intervals of those
+metrics over the crops (``scipy.stats.bootstrap``).
 
 Box formats: arrays handed in by the model are ``xyxy`` (x0, y0, x1, y1) in pixels; COCO records
 (ground truth and results) are ``xywh`` (x, y, width, height) in pixels.
@@ -976,7 +977,8 @@ def read_attribute_predictions(path: str | Path) -> tuple[list[str], torch.Tenso
 
     Returns:
         The crops, ``(N, A)`` targets (``-1`` where the file has no label), ``(N, sum of values)``
-        probabilities and the schema its ``p/...`` columns spell (attributes and values; no sources).
+        probabilities (to the file's 4 decimals) and the schema its ``p/...`` columns spell
+        (attributes and values; no sources).
 
     Raises:
         ValueError: not such a file (no ``crop`` or ``p/...`` columns), or a label that is none of
