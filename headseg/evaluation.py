@@ -24,6 +24,7 @@ import io
 import json
 import logging
 import math
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -859,9 +860,8 @@ def bootstrap_intervals(targets: torch.Tensor, probs: torch.Tensor, schema: Attr
         ValueError: ``resamples`` or ``level`` out of range, or ``baseline`` of another shape.
     """
     import torch  # noqa: PLC0415 (the rest of this module needs numpy only)
-    from scipy.stats import bootstrap  # noqa: PLC0415 (only the intervals need scipy)
 
-    if resamples < 2 or not 0 < level < 1:
+    if resamples < 2 or not 0 < level < 1:  # before the first scoring, not after
         raise ValueError(f"resamples={resamples}, level={level}; expected at least 2 resamples and a level in (0, 1)")
     targets, probs = torch.as_tensor(targets), torch.as_tensor(probs)
     if baseline is not None and tuple(baseline.shape) != tuple(probs.shape):
@@ -878,8 +878,21 @@ def bootstrap_intervals(targets: torch.Tensor, probs: torch.Tensor, schema: Attr
         drawn = torch.from_numpy(crops)
         return scores(drawn, probs) - (0.0 if baseline is None else scores(drawn, torch.as_tensor(baseline)))
 
-    result = bootstrap((np.arange(len(targets)),), statistic, n_resamples=resamples, vectorized=False,
-                       confidence_level=level, method="percentile", rng=np.random.default_rng(seed))
+    return _percentile_bootstrap(len(targets), statistic, keys, resamples, level, seed)
+
+
+def _percentile_bootstrap(n: int, statistic: Callable[[np.ndarray], np.ndarray], keys: Sequence[str],
+                          resamples: int, level: float, seed: int) -> dict[str, float]:
+    """``{key}/ci_low``, ``{key}/ci_high`` of ``statistic`` (one value per key) over resamples of
+    ``range(n)`` drawn with replacement (``scipy.stats.bootstrap``, percentile intervals)."""
+    from scipy.stats import DegenerateDataWarning, bootstrap  # noqa: PLC0415 (only the intervals need scipy)
+
+    if resamples < 2 or not 0 < level < 1:
+        raise ValueError(f"resamples={resamples}, level={level}; expected at least 2 resamples and a level in (0, 1)")
+    with warnings.catch_warnings():  # the same value in every resample, or NaN: the ends say so themselves
+        warnings.simplefilter("ignore", DegenerateDataWarning)
+        result = bootstrap((np.arange(n),), statistic, n_resamples=resamples, vectorized=False,
+                           confidence_level=level, method="percentile", rng=np.random.default_rng(seed))
     low, high = np.atleast_1d(result.confidence_interval.low), np.atleast_1d(result.confidence_interval.high)
     out: dict[str, float] = {}
     for key, lo, hi in zip(keys, low, high):
@@ -1127,6 +1140,71 @@ def attribute_end_to_end(gt: Mapping[str, Any], joint: Sequence[Mapping[str, Any
             metrics.update({f"{k}/{c['value']}": at_value[k] for k in ("precision", "recall", "f1")})
         out.update({attribute_prefix(schema, attribute) + k: v for k, v in metrics.items()})
     return out
+
+
+def bootstrap_end_to_end(gt: Mapping[str, Any], joint: Sequence[Mapping[str, Any]], schema: AttributeSchema, *,
+                         resamples: int = 200, level: float = 0.95, seed: int = 0,
+                         progress: bool = False) -> dict[str, float]:
+    """95 % intervals of :func:`attribute_end_to_end`'s AP50s from resampling the photos.
+
+    Each resample draws as many photos as the set has, with replacement (a photo drawn twice
+    counts twice: its labelled heads and its results come again under a new image id), and
+    scores every attribute's AP50 and per-value AP50 as :func:`attribute_end_to_end` does, by
+    COCOeval; the interval is the percentile one (``scipy.stats.bootstrap``). Photos, not heads,
+    are what is drawn: the heads of one photo share its scene, light and camera. Each resample
+    runs COCOeval once per attribute, so it costs about as long as one such evaluation.
+
+    Args:
+        gt, joint, schema: As :func:`attribute_end_to_end` (``joint``: the AP's results).
+        resamples: Bootstrap resamples (at least 2).
+        level: Confidence level, in (0, 1).
+        seed: Seed of the resampling.
+        progress: A progress bar over the resamples.
+
+    Returns:
+        ``{key}/ci_low`` and ``{key}/ci_high`` for ``{attribute}/bbox/AP50`` and each
+        ``{attribute}/bbox/AP50/{value}`` (no attribute prefix with one attribute); NaN ends for a
+        value that some resample holds no labelled head of (a value on one or two photos).
+    """
+    if resamples < 2 or not 0 < level < 1:
+        raise ValueError(f"resamples={resamples}, level={level}; expected at least 2 resamples and a level in (0, 1)")
+    images = list(gt["images"])
+    position = {img["id"]: k for k, img in enumerate(images)}
+    heads: list[list[Mapping[str, Any]]] = [[] for _ in images]
+    found: list[list[Mapping[str, Any]]] = [[] for _ in images]
+    for ann in gt["annotations"]:
+        heads[position[ann["image_id"]]].append(ann)
+    for r in joint:
+        found[position[r["image_id"]]].append(r)
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for c in gt["categories"]:
+        groups.setdefault(c["attribute"], []).append(c)
+    keys = [attribute_prefix(schema, a) + k for a, categories in groups.items()
+            for k in ("bbox/AP50", *(f"bbox/AP50/{c['value']}" for c in categories))]
+
+    from tqdm import tqdm  # noqa: PLC0415
+
+    bar = tqdm(total=resamples, desc="bootstrap", leave=False, disable=not progress)
+
+    def statistic(drawn: np.ndarray) -> np.ndarray:
+        bar.update(1)
+        new_images, annotations, results = [], [], []
+        for new_id, k in enumerate(drawn.tolist(), start=1):
+            new_images.append({**images[k], "id": new_id})
+            annotations += [{**a, "image_id": new_id, "id": len(annotations) + j + 1} for j, a in enumerate(heads[k])]
+            results += [{**r, "image_id": new_id} for r in found[k]]
+        resampled = {**gt, "images": new_images, "annotations": annotations}
+        out: dict[str, float] = {}
+        for attribute, categories in groups.items():
+            ids = {c["id"] for c in categories}
+            metrics = coco_evaluate(_of_categories(resampled, categories), [r for r in results if r["category_id"] in ids],
+                                    ("bbox",))
+            out.update({attribute_prefix(schema, attribute) + k: v for k, v in metrics.items()})
+        # COCO's -1: a value with no labelled head in this resample
+        return np.array([out[k] if out.get(k, -1) >= 0 else np.nan for k in keys])
+
+    with bar:
+        return _percentile_bootstrap(len(images), statistic, keys, resamples, level, seed)
 
 
 BREAKDOWN = ("unmatched_dropped", "labelled_values", "labelled_values_unmatched_dropped")

@@ -27,7 +27,8 @@ from headseg.classification import (
 from headseg.config import ClsConfig, SegConfig, load_config
 from headseg.crop_sets import AttributeCropDataset
 from headseg.engine import load_checkpoint, save_checkpoint
-from headseg.evaluation import attribute_end_to_end, attribute_ground_truth, end_to_end_breakdown
+from headseg.evaluation import (attribute_end_to_end, attribute_ground_truth, bootstrap_end_to_end,
+                                end_to_end_breakdown)
 from headseg.pipeline import ASSETS, DrawnHead, draw_heads, head_lines, label_size, place_labels
 from headseg.segmentation import build_segmenter, segmenter_checkpoint
 from tests.conftest import TINY_SEG
@@ -369,13 +370,17 @@ def test_end_to_end_evaluation_per_attribute(seg_path: Path, trained: Path, data
                                             capsys: pytest.CaptureFixture[str]) -> None:
     report = eval_pipeline.main(eval_pipeline.parse_args(
         [str(data["faces"]["val"]), "--seg", str(seg_path), "--cls", str(trained / "best.pt"), "--gt-faces",
-         "--source", "faces", "--breakdown", "--out", str(tmp_path / "faces.json")]))
+         "--source", "faces", "--breakdown", "--bootstrap", "20", "--out", str(tmp_path / "faces.json")]))
     for key in ("bbox/AP50", "bbox/AP50/with_mask", "precision", "recall", "precision/incorrect", "f1_best_thresh"):
         assert 0.0 <= report[f"two_stage/face_mask/{key}"] <= 1.0 or report[f"two_stage/face_mask/{key}"] == -1.0
+    # --bootstrap: the AP50s' intervals over resampled photos, beside them in the table
+    low, high = report["two_stage/face_mask/bbox/AP50/ci_low"], report["two_stage/face_mask/bbox/AP50/ci_high"]
+    assert 0.0 <= low <= high <= 1.0 and "two_stage/face_mask/bbox/AP50/with_mask/ci_high" in report
+    table, _ = capsys.readouterr().out.split("AP50 with a cause of error removed")
+    assert "interval" in table
     for variant in ("unmatched_dropped", "labelled_values", "labelled_values_unmatched_dropped"):
         value = report[f"two_stage_breakdown/{variant}/face_mask/bbox/AP50"]
         assert 0.0 <= value <= 1.0 or value == -1.0
-    assert "AP50 with a cause of error removed" in capsys.readouterr().out
     assert not any("/headwear/" in k for k in report)  # the faces set does not label headwear
     hats = eval_pipeline.main(eval_pipeline.parse_args(
         [str(data["hats"]["val"]), "--seg", str(seg_path), "--cls", str(trained / "best.pt"), "--source", "hats"]))
@@ -422,6 +427,39 @@ def test_attribute_evaluation_scores_a_perfect_system_one() -> None:
     assert attribute_end_to_end(raw, results, results, 0.5, schema, sweep=(0.5,))["face_mask/bbox/AP75"] == 0.0
     with pytest.raises(ValueError, match="maps to no attribute value"):
         attribute_ground_truth({**gt, "categories": [{"id": 1, "name": "cap"}]}, schema, "faces")
+
+
+def test_end_to_end_intervals_resample_photos() -> None:
+    schema = AttributeSchema.from_dict(SCHEMA)
+    # twelve photos, each with a with_mask and a without_mask face; the system is right on the first six
+    # and calls both faces of the others with_mask
+    images = [{"id": i, "height": 100, "width": 100, "file_name": f"{i}.png"} for i in range(1, 13)]
+    faces = [(i, 1 + k, [10 + 50 * k, 20, 20, 30]) for i in range(1, 13) for k in range(2)]
+    gt = {"images": images, "categories": [{"id": 1, "name": "face_mask"}, {"id": 2, "name": "bare"}],
+          "annotations": [{"id": n + 1, "image_id": i, "category_id": c, "bbox": b, "area": 600, "iscrowd": 0}
+                          for n, (i, c, b) in enumerate(faces)]}
+    heads = attribute_ground_truth(gt, schema, "faces", FaceToHead())
+    right = [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 0.9}
+             for a in heads["annotations"]]
+    perfect = bootstrap_end_to_end(heads, right, schema, resamples=20)
+    assert perfect["face_mask/bbox/AP50/ci_low"] == perfect["face_mask/bbox/AP50/ci_high"] == 1.0
+    assert {k.rsplit("/", 1)[0] for k in perfect} == {"face_mask/bbox/AP50", "face_mask/bbox/AP50/with_mask",
+                                                      "face_mask/bbox/AP50/without_mask"}
+    # one `incorrect` face, on the first photo: resamples without it leave that value's ends NaN
+    rare = {**gt, "categories": [*gt["categories"], {"id": 3, "name": "glasses"}],
+            "annotations": [*gt["annotations"], {"id": 99, "image_id": 1, "category_id": 3,
+                                                 "bbox": [40, 60, 20, 30], "area": 600, "iscrowd": 0}]}
+    rare_heads = attribute_ground_truth(rare, schema, "faces", FaceToHead())
+    rare_ci = bootstrap_end_to_end(rare_heads, right, schema, resamples=20)
+    assert np.isnan(rare_ci["face_mask/bbox/AP50/incorrect/ci_low"])
+    assert rare_ci["face_mask/bbox/AP50/with_mask/ci_low"] == 1.0
+    half = [{**r, "category_id": 1 if r["image_id"] > 6 else r["category_id"]} for r in right]
+    ap = attribute_end_to_end(heads, half, half, 0.5, schema, sweep=(0.5,))["face_mask/bbox/AP50"]
+    ci = bootstrap_end_to_end(heads, half, schema, resamples=200)
+    assert ci["face_mask/bbox/AP50/ci_low"] < ap < ci["face_mask/bbox/AP50/ci_high"]
+    assert bootstrap_end_to_end(heads, half, schema, resamples=200) == ci  # seeded
+    with pytest.raises(ValueError, match="at least 2 resamples"):
+        bootstrap_end_to_end(heads, half, schema, resamples=0)
 
 
 def test_end_to_end_breakdown_removes_one_cause_at_a_time() -> None:
