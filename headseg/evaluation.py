@@ -861,8 +861,7 @@ def bootstrap_intervals(targets: torch.Tensor, probs: torch.Tensor, schema: Attr
     """
     import torch  # noqa: PLC0415 (the rest of this module needs numpy only)
 
-    if resamples < 2 or not 0 < level < 1:  # before the first scoring, not after
-        raise ValueError(f"resamples={resamples}, level={level}; expected at least 2 resamples and a level in (0, 1)")
+    _check_bootstrap(resamples, level)  # before the first scoring, not after
     targets, probs = torch.as_tensor(targets), torch.as_tensor(probs)
     if baseline is not None and tuple(baseline.shape) != tuple(probs.shape):
         raise ValueError(f"baseline probabilities {tuple(baseline.shape)} for probabilities {tuple(probs.shape)}; "
@@ -881,14 +880,17 @@ def bootstrap_intervals(targets: torch.Tensor, probs: torch.Tensor, schema: Attr
     return _percentile_bootstrap(len(targets), statistic, keys, resamples, level, seed)
 
 
+def _check_bootstrap(resamples: int, level: float) -> None:
+    if resamples < 2 or not 0 < level < 1:
+        raise ValueError(f"resamples={resamples}, level={level}; expected at least 2 resamples and a level in (0, 1)")
+
+
 def _percentile_bootstrap(n: int, statistic: Callable[[np.ndarray], np.ndarray], keys: Sequence[str],
                           resamples: int, level: float, seed: int) -> dict[str, float]:
     """``{key}/ci_low``, ``{key}/ci_high`` of ``statistic`` (one value per key) over resamples of
     ``range(n)`` drawn with replacement (``scipy.stats.bootstrap``, percentile intervals)."""
     from scipy.stats import DegenerateDataWarning, bootstrap  # noqa: PLC0415 (only the intervals need scipy)
 
-    if resamples < 2 or not 0 < level < 1:
-        raise ValueError(f"resamples={resamples}, level={level}; expected at least 2 resamples and a level in (0, 1)")
     with warnings.catch_warnings():  # the same value in every resample, or NaN: the ends say so themselves
         warnings.simplefilter("ignore", DegenerateDataWarning)
         result = bootstrap((np.arange(n),), statistic, n_resamples=resamples, vectorized=False,
@@ -1166,8 +1168,7 @@ def bootstrap_end_to_end(gt: Mapping[str, Any], joint: Sequence[Mapping[str, Any
         ``{attribute}/bbox/AP50/{value}`` (no attribute prefix with one attribute); NaN ends for a
         value that some resample holds no labelled head of (a value on one or two photos).
     """
-    if resamples < 2 or not 0 < level < 1:
-        raise ValueError(f"resamples={resamples}, level={level}; expected at least 2 resamples and a level in (0, 1)")
+    _check_bootstrap(resamples, level)
     images = list(gt["images"])
     position = {img["id"]: k for k, img in enumerate(images)}
     heads: list[list[Mapping[str, Any]]] = [[] for _ in images]
