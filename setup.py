@@ -23,8 +23,8 @@ setup(
         "PyYAML>=6.0",
         "tqdm>=4.64",
         "matplotlib>=3.7",
-        # Optimal track/label matching (headseg.track_eval) and the classifier's bootstrap
-        # confidence intervals (headseg.evaluation.bootstrap_intervals; `rng=` from 1.15).
+        # Optimal track/label matching (headseg.track_eval) and the bootstrap confidence
+        # intervals of the evaluation tools (headseg.evaluation; `rng=` from 1.15).
         "scipy>=1.15",
         # Video: ByteTrack links heads across frames (headseg.tracking); Roboflow's `trackers`
         # is where supervision's sv.ByteTrack moved. It declares opencv-python, the GUI build
