@@ -1144,17 +1144,91 @@ def attribute_end_to_end(gt: Mapping[str, Any], joint: Sequence[Mapping[str, Any
     return out
 
 
+def _photo_resampler(gt: Mapping[str, Any], results: Sequence[Mapping[str, Any]]
+                     ) -> Callable[[np.ndarray], tuple[dict[str, Any], list[dict[str, Any]]]]:
+    """``resample(drawn)`` -> the COCO set and results of the photos at positions ``drawn`` (with
+    repeats): a photo drawn twice comes twice, its annotations and results under a new image id."""
+    images = list(gt["images"])
+    position = {img["id"]: k for k, img in enumerate(images)}
+    labelled: list[list[Mapping[str, Any]]] = [[] for _ in images]
+    found: list[list[Mapping[str, Any]]] = [[] for _ in images]
+    for ann in gt["annotations"]:
+        labelled[position[ann["image_id"]]].append(ann)
+    for r in results:
+        found[position[r["image_id"]]].append(r)
+
+    def resample(drawn: np.ndarray) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        new_images, annotations, new_results = [], [], []
+        for new_id, k in enumerate(drawn.tolist(), start=1):
+            new_images.append({**images[k], "id": new_id})
+            annotations += [{**a, "image_id": new_id, "id": len(annotations) + j + 1} for j, a in enumerate(labelled[k])]
+            new_results += [{**r, "image_id": new_id} for r in found[k]]
+        return {**gt, "images": new_images, "annotations": annotations}, new_results
+
+    return resample
+
+
+def bootstrap_coco(gt: COCO | str | Path | Mapping[str, Any], results: Sequence[Mapping[str, Any]], *,
+                   iou_types: Sequence[str] = ("bbox",), class_agnostic: bool = False,
+                   keys: Sequence[str] = ("AP", "AP50"), resamples: int = 200, level: float = 0.95,
+                   seed: int = 0, progress: bool = False) -> dict[str, float]:
+    """95 % intervals of :func:`coco_evaluate`'s numbers from resampling the photos.
+
+    Each resample draws as many photos as the set has, with replacement (a photo drawn twice
+    counts twice), and runs :func:`coco_evaluate` on them; the interval is the percentile one
+    (``scipy.stats.bootstrap``). Photos, not objects, are what is drawn: the heads of one photo
+    share its scene, light and camera. Each resample costs one COCOeval of the whole set.
+
+    Args:
+        gt, results, iou_types, class_agnostic: As :func:`coco_evaluate`.
+        keys: Which of its numbers, per IoU type (``"{iou}/{key}"``).
+        resamples: Bootstrap resamples (at least 2).
+        level: Confidence level, in (0, 1).
+        seed: Seed of the resampling.
+        progress: A progress bar over the resamples.
+
+    Returns:
+        ``{iou}/{key}/ci_low`` and ``{iou}/{key}/ci_high``; NaN ends where a resample has no
+        labelled object of the kind a key needs (COCO's -1, e.g. ``APl`` without large heads).
+    """
+    _check_bootstrap(resamples, level)
+    data = _load_gt_dataset(gt)
+    resample = _photo_resampler(data, results)
+    names = [f"{iou}/{k}" for iou in iou_types for k in keys]
+
+    def statistic(drawn: np.ndarray) -> np.ndarray:
+        metrics = coco_evaluate(*resample(drawn), iou_types, class_agnostic=class_agnostic, per_category=False)
+        return np.array([metrics[k] if metrics[k] >= 0 else np.nan for k in names])
+
+    return _percentile_bootstrap(len(data["images"]), _counted(statistic, resamples, progress), names,
+                                 resamples, level, seed)
+
+
+def _counted(statistic: Callable[[np.ndarray], np.ndarray], resamples: int, progress: bool
+             ) -> Callable[[np.ndarray], np.ndarray]:
+    """``statistic`` with a progress bar over ``resamples`` calls (closed when the last one ends)."""
+    from tqdm import tqdm  # noqa: PLC0415
+
+    bar = tqdm(total=resamples, desc="bootstrap", leave=False, disable=not progress)
+
+    def counted(drawn: np.ndarray) -> np.ndarray:
+        value = statistic(drawn)
+        if bar.n < resamples:
+            bar.update(1)
+            if bar.n == resamples:
+                bar.close()
+        return value
+
+    return counted
+
+
 def bootstrap_end_to_end(gt: Mapping[str, Any], joint: Sequence[Mapping[str, Any]], schema: AttributeSchema, *,
                          resamples: int = 200, level: float = 0.95, seed: int = 0,
                          progress: bool = False) -> dict[str, float]:
     """95 % intervals of :func:`attribute_end_to_end`'s AP50s from resampling the photos.
 
-    Each resample draws as many photos as the set has, with replacement (a photo drawn twice
-    counts twice: its labelled heads and its results come again under a new image id), and
-    scores every attribute's AP50 and per-value AP50 as :func:`attribute_end_to_end` does, by
-    COCOeval; the interval is the percentile one (``scipy.stats.bootstrap``). Photos, not heads,
-    are what is drawn: the heads of one photo share its scene, light and camera. Each resample
-    runs COCOeval once per attribute, so it costs about as long as one such evaluation.
+    As :func:`bootstrap_coco` does, scoring every attribute's AP50 and per-value AP50 on each
+    resample as :func:`attribute_end_to_end` does (one COCOeval per attribute).
 
     Args:
         gt, joint, schema: As :func:`attribute_end_to_end` (``joint``: the AP's results).
@@ -1169,32 +1243,15 @@ def bootstrap_end_to_end(gt: Mapping[str, Any], joint: Sequence[Mapping[str, Any
         value that some resample holds no labelled head of (a value on one or two photos).
     """
     _check_bootstrap(resamples, level)
-    images = list(gt["images"])
-    position = {img["id"]: k for k, img in enumerate(images)}
-    heads: list[list[Mapping[str, Any]]] = [[] for _ in images]
-    found: list[list[Mapping[str, Any]]] = [[] for _ in images]
-    for ann in gt["annotations"]:
-        heads[position[ann["image_id"]]].append(ann)
-    for r in joint:
-        found[position[r["image_id"]]].append(r)
+    resample = _photo_resampler(gt, joint)
     groups: dict[str, list[dict[str, Any]]] = {}
     for c in gt["categories"]:
         groups.setdefault(c["attribute"], []).append(c)
     keys = [attribute_prefix(schema, a) + k for a, categories in groups.items()
             for k in ("bbox/AP50", *(f"bbox/AP50/{c['value']}" for c in categories))]
 
-    from tqdm import tqdm  # noqa: PLC0415
-
-    bar = tqdm(total=resamples, desc="bootstrap", leave=False, disable=not progress)
-
     def statistic(drawn: np.ndarray) -> np.ndarray:
-        bar.update(1)
-        new_images, annotations, results = [], [], []
-        for new_id, k in enumerate(drawn.tolist(), start=1):
-            new_images.append({**images[k], "id": new_id})
-            annotations += [{**a, "image_id": new_id, "id": len(annotations) + j + 1} for j, a in enumerate(heads[k])]
-            results += [{**r, "image_id": new_id} for r in found[k]]
-        resampled = {**gt, "images": new_images, "annotations": annotations}
+        resampled, results = resample(drawn)
         out: dict[str, float] = {}
         for attribute, categories in groups.items():
             ids = {c["id"] for c in categories}
@@ -1204,8 +1261,8 @@ def bootstrap_end_to_end(gt: Mapping[str, Any], joint: Sequence[Mapping[str, Any
         # COCO's -1: a value with no labelled head in this resample
         return np.array([out[k] if out.get(k, -1) >= 0 else np.nan for k in keys])
 
-    with bar:
-        return _percentile_bootstrap(len(images), statistic, keys, resamples, level, seed)
+    return _percentile_bootstrap(len(gt["images"]), _counted(statistic, resamples, progress), keys,
+                                 resamples, level, seed)
 
 
 BREAKDOWN = ("unmatched_dropped", "labelled_values", "labelled_values_unmatched_dropped")

@@ -24,6 +24,7 @@ from headseg.evaluation import (
     annotation_areas,
     attribute_metrics,
     attribute_metrics_by_area,
+    bootstrap_coco,
     bootstrap_intervals,
     classification_metrics,
     coco_evaluate,
@@ -262,6 +263,26 @@ def test_bad_results_are_named(gt: dict[str, Any]) -> None:
         coco_evaluate(gt, preds, iou_types=("keypoints",))
     with pytest.raises(TypeError, match="list of COCO result dicts"):
         coco_evaluate(gt, preds[0])  # type: ignore[arg-type]
+
+
+def test_bootstrap_coco_resamples_photos() -> None:
+    # six photos with a head each, a seventh with none
+    gt = {"images": [{"id": i, "file_name": f"{i}.jpg", "height": H, "width": W} for i in range(1, 8)],
+          "categories": [{"id": 1, "name": "head"}],
+          "annotations": [{"id": i, "image_id": i, "category_id": 1, "bbox": [10, 10, 20, 20], "area": 400,
+                           "iscrowd": 0} for i in range(1, 7)]}
+    found = [{"image_id": a["image_id"], "category_id": 1, "bbox": a["bbox"], "score": 0.9} for a in gt["annotations"]]
+    perfect = bootstrap_coco(gt, found, resamples=30)
+    assert set(perfect) == {f"bbox/{k}/{end}" for k in ("AP", "AP50") for end in ("ci_low", "ci_high")}
+    assert perfect["bbox/AP50/ci_low"] == perfect["bbox/AP50/ci_high"] == pytest.approx(1.0)
+    # a confident false positive on the photo without heads: resamples that draw it more score lower
+    with_fp = [*found, {"image_id": 7, "category_id": 1, "bbox": [40, 40, 10, 10], "score": 0.95}]
+    ci = bootstrap_coco(gt, with_fp, keys=("AP50",), resamples=200)
+    ap50 = coco_evaluate(gt, with_fp, ("bbox",))["bbox/AP50"]
+    assert ci["bbox/AP50/ci_low"] < ap50 < ci["bbox/AP50/ci_high"] == pytest.approx(1.0)
+    assert bootstrap_coco(gt, with_fp, keys=("AP50",), resamples=200) == ci  # seeded
+    with pytest.raises(ValueError, match="at least 2 resamples"):
+        bootstrap_coco(gt, found, resamples=1)
 
 
 def test_gt_without_masks_rejected_for_segm(gt: dict[str, Any]) -> None:

@@ -81,9 +81,11 @@ def test_train_resume_and_eval_tools(synthetic_data: dict, tmp_path: Path) -> No
 
     metrics_path = tmp_path / "metrics.json"
     metrics = eval_seg.main(eval_seg.parse_args(
-        [str(out / "best.pt"), str(synthetic_data["test"]), "--out", str(metrics_path)]))
+        [str(out / "best.pt"), str(synthetic_data["test"]), "--out", str(metrics_path), "--bootstrap", "20"]))
     assert set(json.loads(metrics_path.read_text())) == set(metrics)
     assert 0.0 <= metrics["bbox/AP50"] <= 1.0 and "segm/AP" in metrics
+    # --bootstrap: bbox AP and AP50 intervals over resampled photos
+    assert 0.0 <= metrics["bbox/AP50/ci_low"] <= metrics["bbox/AP50/ci_high"] <= 1.0 and "bbox/AP/ci_high" in metrics
     assert json.loads((tmp_path / "metrics_results.json").read_text()) is not None
 
 

@@ -11,6 +11,10 @@ Examples:
 
 A segmenter trained with its attire categories is scored per category, its classes matched to
 the file's categories by name; a ``head`` one class-agnostically.
+
+--bootstrap N adds 95 % intervals of bbox AP and AP50 (``bbox/AP50/ci_low``...; a third column
+in the table): a percentile bootstrap over the photos, N resamples of one COCOeval each
+(``headseg.evaluation.bootstrap_coco``).
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from headseg.config import parse_overrides  # noqa: E402
 from headseg.data import load_coco  # noqa: E402
-from headseg.evaluation import format_metrics_table  # noqa: E402
+from headseg.evaluation import bootstrap_coco, format_metrics_table  # noqa: E402
 from headseg.io import write_json  # noqa: E402
 from headseg.segmentation import evaluate_segmenter, load_segmenter  # noqa: E402
 from tools._cli import run  # noqa: E402
@@ -39,6 +43,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, help="flat metrics JSON; results go beside it")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (logs under nohup)")
+    parser.add_argument("--bootstrap", type=int, default=0, metavar="N",
+                        help="resamples of the photos for 95%% intervals of bbox AP and AP50 (0: none)")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="inference-time model fields, e.g. box_score_thresh=0.05")
     return parser.parse_args(argv)
@@ -51,6 +57,9 @@ def main(args: argparse.Namespace) -> dict[str, float]:
     metrics, results = evaluate_segmenter(model, coco, args.device, class_names,
                                           derived_mask=cfg.data.derived_mask,
                                           box_from_mask=cfg.model.box_from_mask, progress=not args.no_progress)
+    if args.bootstrap:
+        metrics.update(bootstrap_coco(coco.dataset, results, class_agnostic=list(class_names) == ["head"],
+                                      resamples=args.bootstrap, progress=not args.no_progress))
     print(format_metrics_table(metrics))
     if coco.derived_masks:
         print(f"note: masks in {args.annotations} are derived from boxes ({coco.derived_masks}); "
