@@ -641,6 +641,19 @@ def draw_shares(dataset: AttributeCropDataset, cfg: ClsConfig) -> dict[str, dict
     return out
 
 
+def value_draw_shares(dataset: AttributeCropDataset, cfg: ClsConfig) -> dict[str, dict[str, float]]:
+    """Attribute -> value -> its share of the draws that carry a label for the attribute (equal
+    shares at ``data.balance_power`` 1; ``balance_power`` below 1 moves them toward the counts)."""
+    weights = _sample_weights(dataset, cfg)
+    out = {}
+    for a, (attribute, values) in enumerate(dataset.schema.attributes.items()):
+        total = float(weights[dataset.targets[:, a] != MISSING].sum())
+        if total > 0:
+            out[attribute] = {v: round(float(weights[dataset.targets[:, a] == k].sum()) / total, 3)
+                              for k, v in enumerate(values)}
+    return out
+
+
 def attribute_draw_shares(dataset: AttributeCropDataset, cfg: ClsConfig) -> dict[str, float]:
     """Attribute -> the share of the sampler's draws that carry a label for it
     (``data.attribute_draws`` moves these; a crop labelled for two attributes counts for both)."""
@@ -761,6 +774,8 @@ def train_classifier(cfg: ClsConfig, out_dir: str | Path, resume: bool = False,
         log.info("share of each value's draws by crop set %s", draw_shares(train_set, cfg))
     if cfg.data.balance == "sampler" and len(schema.attributes) > 1:
         log.info("share of the draws by attribute %s", attribute_draw_shares(train_set, cfg))
+    if cfg.data.balance == "sampler":
+        log.info("share of each attribute's draws by value %s", value_draw_shares(train_set, cfg))
 
     model = build_classifier(cfg.model, len(schema.column_names)).to(device)
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(t.ema_decay), use_buffers=True) \

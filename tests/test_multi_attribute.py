@@ -4,6 +4,7 @@ results, drawing and evaluation, on tiny synthetic data and untrained tiny model
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from headseg.classification import (
     attribute_draw_shares,
     classifier_checkpoint,
     draw_shares,
+    value_draw_shares,
     normalize,
     predict_probs,
 )
@@ -187,6 +189,13 @@ def test_attribute_draws_set_each_attributes_share(config_file: Path, data: dict
     assert sum(a.values()) == pytest.approx(1.0, abs=2e-3) and sum(b.values()) == pytest.approx(1.0, abs=2e-3)
     assert b["face_mask"] / b["headwear"] == pytest.approx(3 * a["face_mask"] / a["headwear"], rel=1e-2)
     assert 0 < a["face_mask"] < b["face_mask"] < 1
+    # each attribute's values are drawn alike, and in proportion to their counts' square roots at power 0.5
+    assert all(v == pytest.approx(1 / len(shares), abs=2e-3) for shares in value_draw_shares(dataset, base).values()
+               for v in shares.values())
+    counts = dataset.value_counts()["face_mask"]
+    sqrt = value_draw_shares(dataset, dataclasses.replace(base, data=dataclasses.replace(base.data, balance_power=0.5)))
+    roots = {v: n ** 0.5 for v, n in counts.items()}
+    assert sqrt["face_mask"] == pytest.approx({v: r / sum(roots.values()) for v, r in roots.items()}, abs=2e-3)
     with pytest.raises(ValueError, match="attribute_draws"):
         load_config(ClsConfig, config_file, [f"data.sources={json.dumps(sources)}", "data.attribute_draws={masks: 2}"])
     with pytest.raises(ValueError, match="attribute_draws"):
