@@ -1152,10 +1152,12 @@ def _photo_resampler(gt: Mapping[str, Any], results: Sequence[Mapping[str, Any]]
     position = {img["id"]: k for k, img in enumerate(images)}
     labelled: list[list[Mapping[str, Any]]] = [[] for _ in images]
     found: list[list[Mapping[str, Any]]] = [[] for _ in images]
-    for ann in gt["annotations"]:
-        labelled[position[ann["image_id"]]].append(ann)
-    for r in results:
-        found[position[r["image_id"]]].append(r)
+    for what, records, into in (("annotations", gt["annotations"], labelled), ("results", results, found)):
+        unknown = sorted({r["image_id"] for r in records} - set(position))
+        if unknown:
+            raise ValueError(f"{what} on image ids {unknown[:10]} that the ground truth does not list")
+        for r in records:
+            into[position[r["image_id"]]].append(r)
 
     def resample(drawn: np.ndarray) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         new_images, annotations, new_results = [], [], []
@@ -1192,6 +1194,8 @@ def bootstrap_coco(gt: COCO | str | Path | Mapping[str, Any], results: Sequence[
         labelled object of the kind a key needs (COCO's -1, e.g. ``APl`` without large heads).
     """
     _check_bootstrap(resamples, level)
+    if not set(keys) <= set(STAT_NAMES):
+        raise ValueError(f"keys {sorted(set(keys) - set(STAT_NAMES))} are not COCO's numbers; expected some of {STAT_NAMES}")
     data = _load_gt_dataset(gt)
     resample = _photo_resampler(data, results)
     names = [f"{iou}/{k}" for iou in iou_types for k in keys]

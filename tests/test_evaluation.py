@@ -283,6 +283,10 @@ def test_bootstrap_coco_resamples_photos() -> None:
     assert bootstrap_coco(gt, with_fp, keys=("AP50",), resamples=200) == ci  # seeded
     with pytest.raises(ValueError, match="at least 2 resamples"):
         bootstrap_coco(gt, found, resamples=1)
+    with pytest.raises(ValueError, match="not COCO's numbers"):
+        bootstrap_coco(gt, found, keys=("AP5O",))
+    with pytest.raises(ValueError, match=r"image ids \[9\]"):
+        bootstrap_coco(gt, [*found, {**found[0], "image_id": 9}])
 
 
 def test_gt_without_masks_rejected_for_segm(gt: dict[str, Any]) -> None:
