@@ -863,9 +863,11 @@ def bootstrap_intervals(targets: torch.Tensor, probs: torch.Tensor, schema: Attr
 
     _check_bootstrap(resamples, level)  # before the first scoring, not after
     targets, probs = torch.as_tensor(targets), torch.as_tensor(probs)
-    if baseline is not None and tuple(baseline.shape) != tuple(probs.shape):
-        raise ValueError(f"baseline probabilities {tuple(baseline.shape)} for probabilities {tuple(probs.shape)}; "
-                         "expected both classifiers' outputs on the same crops")
+    if baseline is not None:
+        baseline = torch.as_tensor(baseline)
+        if baseline.shape != probs.shape:
+            raise ValueError(f"baseline probabilities {tuple(baseline.shape)} for probabilities {tuple(probs.shape)}; "
+                             "expected both classifiers' outputs on the same crops")
     metrics, _ = attribute_metrics(targets, probs, schema)
     keys = [k for k in metrics if "support/" not in k]
 
@@ -875,7 +877,7 @@ def bootstrap_intervals(targets: torch.Tensor, probs: torch.Tensor, schema: Attr
 
     def statistic(crops: np.ndarray) -> np.ndarray:
         drawn = torch.from_numpy(crops)
-        return scores(drawn, probs) - (0.0 if baseline is None else scores(drawn, torch.as_tensor(baseline)))
+        return scores(drawn, probs) - (0.0 if baseline is None else scores(drawn, baseline))
 
     return _percentile_bootstrap(len(targets), statistic, keys, resamples, level, seed)
 
@@ -1105,6 +1107,14 @@ def _of_categories(gt: Mapping[str, Any], categories: Sequence[Mapping[str, Any]
             "annotations": [a for a in gt["annotations"] if a["category_id"] in ids]}
 
 
+def _categories_by_attribute(gt: Mapping[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """Attribute -> its categories in ``gt`` (from :func:`attribute_ground_truth`), in file order."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for c in gt["categories"]:
+        groups.setdefault(c["attribute"], []).append(c)
+    return groups
+
+
 def attribute_end_to_end(gt: Mapping[str, Any], joint: Sequence[Mapping[str, Any]],
                          at_op: Sequence[Mapping[str, Any]], op_thresh: float, schema: AttributeSchema,
                          sweep: Sequence[float] = SWEEP) -> dict[str, float]:
@@ -1128,9 +1138,7 @@ def attribute_end_to_end(gt: Mapping[str, Any], joint: Sequence[Mapping[str, Any
         Flat metrics: ``{attribute}/bbox/AP50``, ``{attribute}/bbox/AP50/{value}``,
         ``{attribute}/precision``, ``{attribute}/precision/{value}``...
     """
-    groups: dict[str, list[dict[str, Any]]] = {}
-    for c in gt["categories"]:
-        groups.setdefault(c["attribute"], []).append(c)
+    groups = _categories_by_attribute(gt)
     out: dict[str, float] = {}
     for attribute, categories in groups.items():
         ids = {c["id"] for c in categories}
@@ -1248,9 +1256,7 @@ def bootstrap_end_to_end(gt: Mapping[str, Any], joint: Sequence[Mapping[str, Any
     """
     _check_bootstrap(resamples, level)
     resample = _photo_resampler(gt, joint)
-    groups: dict[str, list[dict[str, Any]]] = {}
-    for c in gt["categories"]:
-        groups.setdefault(c["attribute"], []).append(c)
+    groups = _categories_by_attribute(gt)
     keys = [attribute_prefix(schema, a) + k for a, categories in groups.items()
             for k in ("bbox/AP50", *(f"bbox/AP50/{c['value']}" for c in categories))]
 
