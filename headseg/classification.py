@@ -542,6 +542,9 @@ def _check_train_config(cfg: ClsConfig) -> None:
     if not 0 <= t.frozen_epochs <= t.epochs:
         raise ValueError(f"train.frozen_epochs={t.frozen_epochs} with train.epochs={t.epochs}; expected "
                          "0 <= frozen_epochs <= epochs")
+    if not 0 < cfg.data.train_photos <= 1:
+        raise ValueError(f"data.train_photos={cfg.data.train_photos}: expected the share of the training "
+                         "photos to keep, in (0, 1] (1: all of them)")
     if t.batch_size < 1 or t.patience < 1:
         raise ValueError(f"train.batch_size={t.batch_size}, train.patience={t.patience}; both must be >= 1")
     if t.schedule not in ("constant", "cosine"):
@@ -764,7 +767,8 @@ def train_classifier(cfg: ClsConfig, out_dir: str | Path, resume: bool = False,
     t = cfg.train
     seed_everything(t.seed)
     train_set = AttributeCropDataset([(s.name, s.train_index) for s in sources], schema,
-                                     crop_transforms(cfg.crop, t.augment))
+                                     crop_transforms(cfg.crop, t.augment), cfg.data.train_photos,
+                                     cfg.data.photo_seed)
     if len(train_set) == 0:
         raise ValueError(f"{[s.train_index for s in sources]} list no crops; nothing to train on")
     val_indexes = [(s.name, s.val_index) for s in sources if s.val_index]

@@ -154,6 +154,11 @@ class ClsDataConfig:
     # a value's draws go as the square root of its crop count (square-root sampling); 0: as the
     # crops come (attributes.balanced_sample_weights).
     balance_power: float = 1.0
+    # The share of each source's training photos whose crops train, in (0, 1] (a learning curve:
+    # how the scores grow with the data), drawn by `photo_seed`; a source's crop sets keep the
+    # same photos. Val is never cut. An epoch is as long as the crops kept.
+    train_photos: float = 1.0
+    photo_seed: int = 0
     workers: int = 2
 
 

@@ -275,6 +275,22 @@ class CropIndexDataset(torch.utils.data.Dataset):
         counts = Counter(self.labels)
         return [counts.get(i, 0) for i in range(len(self.class_names))]
 
+    def photos(self) -> list[str]:
+        """Each crop's photo (the ``source_image`` column).
+
+        Raises:
+            ValueError: the index has no ``source_image`` column.
+        """
+        if self.rows and "source_image" not in self.rows[0]:
+            raise ValueError(f"{self.index_csv} has no source_image column, so its crops cannot be kept or "
+                             "dropped by photo; remake the crop set with tools/make_crops.py")
+        return [r["source_image"] for r in self.rows]
+
+    def keep(self, rows: Sequence[int]) -> None:
+        """Keep only the crops at ``rows``, in that order."""
+        self.rows = [self.rows[i] for i in rows]
+        self.labels = [self.labels[i] for i in rows]
+
 
 class AttributeCropDataset(torch.utils.data.Dataset):
     """The crop sets of several sources as one dataset with a target per attribute.
@@ -292,17 +308,28 @@ class AttributeCropDataset(torch.utils.data.Dataset):
             (its ground-truth crops and those cut from a segmenter's predictions).
         schema: Attributes and each source's category mapping.
         transform: As for :class:`CropIndexDataset`.
+        photos: The share of each source's photos whose crops are kept, in ``(0, 1]``: a
+            learning curve's smaller training sets. A source's crop sets keep the same photos
+            (its ground-truth and prediction crops of one photo stay together); each source
+            keeps ``round(photos x its photos)`` of them, at least one.
+        photo_seed: Seeds the draw of the photos kept (the same seed keeps the same photos).
 
     Raises:
         FileNotFoundError: an index is missing.
-        ValueError: an index holds a label its source does not map (the index is named).
+        ValueError: an index holds a label its source does not map (the index is named);
+            ``photos`` is outside ``(0, 1]``, or below 1 with an index that names no photos.
     """
 
     def __init__(self, indexes: Mapping[str, str | Path] | Sequence[tuple[str, str | Path]],
-                 schema: AttributeSchema, transform: Any = None) -> None:
+                 schema: AttributeSchema, transform: Any = None, photos: float = 1.0,
+                 photo_seed: int = 0) -> None:
         self.schema = schema
         pairs = list(indexes.items()) if isinstance(indexes, Mapping) else list(indexes)
         self.sets = [(name, CropIndexDataset(path, None, transform)) for name, path in pairs]
+        if not 0 < photos <= 1:
+            raise ValueError(f"photos={photos}: expected the share of each source's photos to keep, in (0, 1]")
+        if photos < 1:
+            self._keep_photos(photos, photo_seed)
         targets, self.sources, self._where = [], [], []
         for name, ds in self.sets:
             lookup = {}
@@ -332,6 +359,17 @@ class AttributeCropDataset(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         ds, j = self._where[i]
         return ds[j][0], self.targets[i]
+
+    def _keep_photos(self, share: float, seed: int) -> None:
+        for name in dict.fromkeys(n for n, _ in self.sets):
+            own = [ds for n, ds in self.sets if n == name]
+            photos = sorted({p for ds in own for p in ds.photos()})
+            kept = np.random.default_rng(seed).permutation(len(photos))[:max(1, round(share * len(photos)))]
+            kept = {photos[i] for i in kept}
+            for ds in own:
+                ds.keep([i for i, p in enumerate(ds.photos()) if p in kept])
+            log.info("source %s: kept %d of %d photos (%d crops)", name, len(kept), len(photos),
+                     sum(len(ds) for ds in own))
 
     def value_counts(self) -> dict[str, dict[str, int]]:
         """Attribute -> value -> crops labelling it (for the training log)."""

@@ -25,6 +25,7 @@ from headseg.classification import (
     value_draw_shares,
     normalize,
     predict_probs,
+    train_classifier,
 )
 from headseg.config import ClsConfig, SegConfig, load_config
 from headseg.crop_sets import AttributeCropDataset
@@ -201,6 +202,38 @@ def test_attribute_draws_set_each_attributes_share(config_file: Path, data: dict
     with pytest.raises(ValueError, match="attribute_draws"):
         load_config(ClsConfig, config_file, [f"data.sources={json.dumps(sources)}",
                                              "data.attribute_draws={face_mask: 2}", "data.balance=loss"])
+
+
+def test_train_photos_keep_a_share_of_each_sources_photos(config_file: Path, data: dict, tmp_path: Path) -> None:
+    """`data.train_photos`: every crop of a share of each source's photos, the same photos in all
+    of a source's crop sets, seeded; val is never cut; shares outside (0, 1] fail."""
+    schema = AttributeSchema.from_dict(SCHEMA)
+    faces, hats = str(data["faces"]["crops_train"]), str(data["hats"]["crops_train"])
+    indexes = [("faces", faces), ("faces", faces), ("hats", hats)]
+    full = AttributeCropDataset(indexes, schema)
+    half = AttributeCropDataset(indexes, schema, photos=0.5, photo_seed=3)
+    (_, f1), (_, f2), (_, h) = half.sets
+    assert f1.rows == f2.rows  # a source's ground-truth and prediction crops of a photo stay together
+    for kept, whole in ((f1, full.sets[0][1]), (h, full.sets[2][1])):
+        photos = set(kept.photos())
+        assert len(photos) == round(0.5 * len(set(whole.photos()))) == 3
+        assert kept.rows == [r for r in whole.rows if r["source_image"] in photos]
+        assert kept.labels == [whole.labels[i] for i, r in enumerate(whole.rows) if r["source_image"] in photos]
+    assert len(half) == len(f1) + len(f2) + len(h) == half.targets.shape[0] < len(full)
+    assert AttributeCropDataset(indexes, schema, photos=0.5, photo_seed=3).sets[0][1].rows == f1.rows
+    draws = {frozenset(AttributeCropDataset([("faces", faces)], schema, photos=0.5, photo_seed=seed).sets[0][1].photos())
+             for seed in range(5)}
+    assert len(draws) > 1
+    assert len(set(AttributeCropDataset([("faces", faces)], schema, photos=0.01).sets[0][1].photos())) == 1
+    with pytest.raises(ValueError, match="photos=0"):
+        AttributeCropDataset(indexes, schema, photos=0)
+    bare = tmp_path / "index.csv"  # an index that names no photos cannot be cut by photo
+    bare.write_text("crop,label\n" + "".join(f"crops/{i}.png,bare\n" for i in range(4)))
+    assert len(AttributeCropDataset([("faces", bare)], schema)) == 4
+    with pytest.raises(ValueError, match="source_image"):
+        AttributeCropDataset([("faces", bare)], schema, photos=0.5)
+    with pytest.raises(ValueError, match="train_photos"):
+        train_classifier(load_config(ClsConfig, config_file, ["data.train_photos=1.5", *TINY_TRAIN]), tmp_path / "run")
 
 
 # ----------------------------------------------------------------------------- training and eval
