@@ -751,6 +751,95 @@ def plot_worst_mistakes(images: Sequence[np.ndarray] | Callable[[int], np.ndarra
     return atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
 
 
+# ----------------------------------------------------------------------------- learning curves
+
+
+@dataclasses.dataclass(frozen=True)
+class LearningCurve:
+    """A score's error against the share of the training data: ``1 - score = scale x share^-exponent``.
+
+    The power law that learning curves of deep networks follow once past their smallest sets
+    (Hestness et al., "Deep learning scaling is predictable, empirically", 2017): each doubling
+    of the data multiplies the error by ``2^-exponent``.
+    """
+
+    scale: float  # the fitted error at share 1 (all the data)
+    exponent: float
+    exponent_se: float  # the least-squares standard error of ``exponent``
+    runs: int
+
+    def score(self, share: float | np.ndarray) -> float | np.ndarray:
+        """The fitted score at ``share`` of the data (beyond 1: more data of the same kind)."""
+        return 1.0 - self.scale * np.power(share, -self.exponent)
+
+    def share_for(self, score: float, exponent: float | None = None) -> float:
+        """The share of the data at which the fit reaches ``score`` (``inf`` when the error does
+        not fall with the data); ``exponent`` overrides the fitted one, e.g. one standard error off."""
+        b = self.exponent if exponent is None else exponent
+        if not 0 < score < 1:
+            raise ValueError(f"score={score}: expected a target in (0, 1)")
+        return float((self.scale / (1.0 - score)) ** (1.0 / b)) if b > 0 else math.inf
+
+
+def fit_learning_curve(shares: Sequence[float], scores: Sequence[float]) -> LearningCurve:
+    """Fit :class:`LearningCurve` to runs trained on shares of the same data, one point per run.
+
+    Least squares of ``log(1 - score)`` on ``log(share)`` (``scipy.stats.linregress``), every run
+    weighted alike, so several seeds at a share average there.
+
+    Args:
+        shares: Each run's share of the training data, in ``(0, 1]``.
+        scores: Each run's score in ``[0, 1)`` (macro-F1, accuracy, AP...), higher better.
+
+    Raises:
+        ValueError: lengths differ, fewer than two distinct shares or three runs, or a value
+            outside its range (a score of 1 has no error to fit).
+    """
+    from scipy.stats import linregress  # noqa: PLC0415 (slow import)
+
+    x, y = np.asarray(shares, dtype=np.float64), np.asarray(scores, dtype=np.float64)
+    if x.shape != y.shape or x.ndim != 1:
+        raise ValueError(f"{x.shape[0] if x.ndim else 0} shares for {y.shape[0] if y.ndim else 0} scores; "
+                         "give one share and one score per run")
+    if len(np.unique(x)) < 2 or len(x) < 3:
+        raise ValueError(f"shares {x.tolist()}: a curve needs runs at two shares at least, three runs in all")
+    if not (np.all((x > 0) & (x <= 1)) and np.all((y >= 0) & (y < 1))):
+        raise ValueError(f"shares {x.tolist()}, scores {y.tolist()}: expected shares in (0, 1] and scores in [0, 1)")
+    fit = linregress(np.log(x), np.log1p(-y))
+    return LearningCurve(float(np.exp(fit.intercept)), float(-fit.slope), float(fit.stderr), len(x))
+
+
+def plot_learning_curve(shares: Sequence[float], scores: Sequence[float], curve: LearningCurve, path: str | Path,
+                        goal: float | None = None, metric: str = "score") -> Path:
+    """A PNG of each run's score against its share of the data (log axis), the fitted curve drawn
+    out to the goal's share (at most 64x the data) and the goal as a line.
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`; written atomically.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: PLC0415 (slow import)
+    from matplotlib.figure import Figure  # noqa: PLC0415
+
+    x, y = np.asarray(shares, dtype=np.float64), np.asarray(scores, dtype=np.float64)
+    far = min(max(1.0, curve.share_for(goal)) if goal else 1.0, 64.0)
+    fig = Figure(figsize=(6.0, 4.0))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    ax.scatter(x, y, color="tab:blue", label=f"runs ({len(x)})", zorder=3)
+    line = np.geomspace(x.min(), far, 100)
+    ax.plot(line, curve.score(line), color="tab:orange",
+            label=f"fit: error x {2 ** -curve.exponent:.2f} per doubling")
+    if goal is not None:
+        ax.axhline(goal, color="tab:green", linestyle="--", label=f"goal {goal:g}")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("share of the training data (1: all of it)")
+    ax.set_ylabel(metric)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    return atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
+
+
 # ----------------------------------------------------------------------------- several attributes
 
 

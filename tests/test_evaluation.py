@@ -29,6 +29,7 @@ from headseg.evaluation import (
     classification_metrics,
     coco_evaluate,
     confusion_matrix,
+    fit_learning_curve,
     format_metrics_table,
     operating_point,
     plot_confusion_matrix,
@@ -37,7 +38,7 @@ from headseg.evaluation import (
     write_attribute_predictions,
     write_confusion_csv,
 )
-from tools import compare_cls
+from tools import compare_cls, learning_curve
 
 # pycocotools' own decode() trips a numpy 2 deprecation inside the test helper's annToMask.
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
@@ -511,6 +512,37 @@ def test_compare_cls_gives_paired_differences(tmp_path: Path, capsys: pytest.Cap
     write_attribute_predictions(tmp_path / "c.csv", crops[::-1], targets, candidate, TWO, ["face_mask"])
     with pytest.raises(ValueError, match="same crop index"):
         compare_cls.main(compare_cls.parse_args([str(tmp_path / "a.csv"), str(tmp_path / "c.csv")]))
+
+
+def test_learning_curve_recovers_a_power_law_and_the_data_a_goal_needs(tmp_path: Path,
+                                                                       capsys: pytest.CaptureFixture) -> None:
+    shares = np.array([0.25, 0.25, 0.5, 0.5, 1.0, 1.0])
+    noise = np.array([1.05, 0.95, 1.05, 0.95, 1.05, 0.95])  # symmetric in log: the fit's line is exact
+    scores = 1 - 0.2 * shares ** -0.5 * noise  # error 0.2 on all the data, x 0.71 per doubling
+    curve = fit_learning_curve(shares, scores)
+    assert curve.exponent == pytest.approx(0.5) and curve.scale == pytest.approx(0.2 * np.sqrt(1.05 * 0.95))
+    assert curve.exponent_se > 0 and curve.runs == 6
+    assert curve.share_for(0.90) == pytest.approx((curve.scale / 0.10) ** 2)  # about 4x the data
+    assert curve.score(curve.share_for(0.90)) == pytest.approx(0.90)
+    assert curve.share_for(0.90, exponent=-0.1) == float("inf")  # an error that does not fall: no share reaches it
+    for name, score in zip("abcdef", scores):
+        (tmp_path / f"{name}.json").write_text(json.dumps({"face_mask/macro_f1": score, "num_crops": 100}))
+    runs = [f"{s}={tmp_path / n}.json" for n, s in zip("abcdef", shares)]
+    report = learning_curve.main(learning_curve.parse_args([*runs, "--metric", "face_mask/macro_f1", "--goal", "0.9",
+                                                            "--out", str(tmp_path / "lc.png")]))
+    assert report["share_for_goal"] == pytest.approx(curve.share_for(0.90))
+    assert report["share_for_goal_low"] < report["share_for_goal"] < report["share_for_goal_high"]
+    assert json.loads((tmp_path / "lc.json").read_text()) == report
+    assert (tmp_path / "lc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "0.250     2" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="two shares"):
+        fit_learning_curve([0.5, 0.5, 0.5], [0.8, 0.81, 0.79])
+    with pytest.raises(ValueError, match="scores in"):
+        fit_learning_curve([0.5, 1.0, 1.0], [0.8, 1.0, 0.9])
+    with pytest.raises(ValueError, match="SHARE=METRICS_JSON"):
+        learning_curve.main(learning_curve.parse_args([str(tmp_path / "a.json")]))
+    with pytest.raises(ValueError, match="choose --metric"):
+        learning_curve.main(learning_curve.parse_args(runs[:3] + ["--metric", "macro_f2"]))
 
 
 def test_annotation_areas_read_the_coco_area() -> None:
