@@ -760,13 +760,21 @@ class LearningCurve:
 
     The power law that learning curves of deep networks follow once past their smallest sets
     (Hestness et al., "Deep learning scaling is predictable, empirically", 2017): each doubling
-    of the data multiplies the error by ``2^-exponent``.
+    of the data multiplies the error by ``2^-exponent``. The fitted line goes through the runs'
+    mean (log share, log error), where slope and intercept are uncorrelated, so another exponent
+    (one standard error off) turns the line about that point.
     """
 
-    scale: float  # the fitted error at share 1 (all the data)
     exponent: float
     exponent_se: float  # the least-squares standard error of ``exponent``
+    log_share_mean: float  # the runs' mean log share ...
+    log_error_mean: float  # ... and mean log error: a point of every line of the fit
     runs: int
+
+    @property
+    def scale(self) -> float:
+        """The fitted error at share 1 (all the data)."""
+        return float(np.exp(self.log_error_mean + self.exponent * self.log_share_mean))
 
     def score(self, share: float | np.ndarray) -> float | np.ndarray:
         """The fitted score at ``share`` of the data (beyond 1: more data of the same kind)."""
@@ -774,11 +782,13 @@ class LearningCurve:
 
     def share_for(self, score: float, exponent: float | None = None) -> float:
         """The share of the data at which the fit reaches ``score`` (``inf`` when the error does
-        not fall with the data); ``exponent`` overrides the fitted one, e.g. one standard error off."""
+        not fall with the data); ``exponent`` turns the line, e.g. one standard error off."""
         b = self.exponent if exponent is None else exponent
         if not 0 < score < 1:
             raise ValueError(f"score={score}: expected a target in (0, 1)")
-        return float((self.scale / (1.0 - score)) ** (1.0 / b)) if b > 0 else math.inf
+        if b <= 0:
+            return math.inf
+        return float(np.exp(self.log_share_mean + (self.log_error_mean - math.log1p(-score)) / b))
 
 
 def fit_learning_curve(shares: Sequence[float], scores: Sequence[float]) -> LearningCurve:
@@ -805,8 +815,10 @@ def fit_learning_curve(shares: Sequence[float], scores: Sequence[float]) -> Lear
         raise ValueError(f"shares {x.tolist()}: a curve needs runs at two shares at least, three runs in all")
     if not (np.all((x > 0) & (x <= 1)) and np.all((y >= 0) & (y < 1))):
         raise ValueError(f"shares {x.tolist()}, scores {y.tolist()}: expected shares in (0, 1] and scores in [0, 1)")
-    fit = linregress(np.log(x), np.log1p(-y))
-    return LearningCurve(float(np.exp(fit.intercept)), float(-fit.slope), float(fit.stderr), len(x))
+    log_share, log_error = np.log(x), np.log1p(-y)
+    fit = linregress(log_share, log_error)
+    return LearningCurve(float(-fit.slope), float(fit.stderr), float(log_share.mean()), float(log_error.mean()),
+                         len(x))
 
 
 def plot_learning_curve(shares: Sequence[float], scores: Sequence[float], curve: LearningCurve, path: str | Path,

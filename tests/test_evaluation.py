@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import io
 import json
 import logging
@@ -525,6 +526,12 @@ def test_learning_curve_recovers_a_power_law_and_the_data_a_goal_needs(tmp_path:
     assert curve.share_for(0.90) == pytest.approx((curve.scale / 0.10) ** 2)  # about 4x the data
     assert curve.score(curve.share_for(0.90)) == pytest.approx(0.90)
     assert curve.share_for(0.90, exponent=-0.1) == float("inf")  # an error that does not fall: no share reaches it
+    # another exponent turns the line about the runs' centre (share 0.5 here): the same score there
+    centre = np.exp(np.log(shares).mean())
+    turned = dataclasses.replace(curve, exponent=0.8)
+    assert turned.score(centre) == pytest.approx(curve.score(centre))
+    assert curve.share_for(0.90, exponent=0.8) == pytest.approx(turned.share_for(0.90))
+    assert turned.share_for(0.90) < curve.share_for(0.90)
     for name, score in zip("abcdef", scores):
         (tmp_path / f"{name}.json").write_text(json.dumps({"face_mask/macro_f1": score, "num_crops": 100}))
     runs = [f"{s}={tmp_path / n}.json" for n, s in zip("abcdef", shares)]
