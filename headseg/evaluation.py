@@ -824,13 +824,15 @@ def fit_learning_curve(shares: Sequence[float], scores: Sequence[float]) -> Lear
 def plot_learning_curve(shares: Sequence[float], scores: Sequence[float], curve: LearningCurve, path: str | Path,
                         goal: float | None = None, metric: str = "score") -> Path:
     """A PNG of each run's score against its share of the data (log axis), the fitted curve drawn
-    out to the goal's share (at most 64x the data) and the goal as a line.
+    out to the goal's share (at most 64x the data) with the band of its exponent +- one standard
+    error, and the goal as a line.
 
     Returns:
         ``path`` as a :class:`~pathlib.Path`; written atomically.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: PLC0415 (slow import)
     from matplotlib.figure import Figure  # noqa: PLC0415
+    from matplotlib.ticker import FuncFormatter  # noqa: PLC0415
 
     x, y = np.asarray(shares, dtype=np.float64), np.asarray(scores, dtype=np.float64)
     far = min(max(1.0, curve.share_for(goal)) if goal else 1.0, 64.0)
@@ -841,9 +843,12 @@ def plot_learning_curve(shares: Sequence[float], scores: Sequence[float], curve:
     line = np.geomspace(x.min(), far, 100)
     ax.plot(line, curve.score(line), color="tab:orange",
             label=f"fit: error x {2 ** -curve.exponent:.2f} per doubling")
+    turned = [dataclasses.replace(curve, exponent=curve.exponent + d * curve.exponent_se).score(line) for d in (-1, 1)]
+    ax.fill_between(line, *turned, color="tab:orange", alpha=0.15, label="exponent +- 1 standard error")
     if goal is not None:
         ax.axhline(goal, color="tab:green", linestyle="--", label=f"goal {goal:g}")
     ax.set_xscale("log", base=2)
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     ax.set_xlabel("share of the training data (1: all of it)")
     ax.set_ylabel(metric)
     ax.grid(alpha=0.3)
