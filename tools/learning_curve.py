@@ -17,7 +17,8 @@ Examples:
           --flip --out runs/lc_f50_s$s/val.json
     done   # the same with 0.25, 32, 8, 16; and the full recipe's runs at share 1
     python tools/learning_curve.py 0.5=runs/lc_f50_s0/val.json 0.5=runs/lc_f50_s1/val.json ... \\
-        1=runs/full_s0/val.json --metric face_mask/macro_f1 --goal 0.90 --out runs/lc/val.png
+        1=runs/full_s0/val.json --goal 0.90 --out runs/lc/val.png
+    # --metric: a key of the metrics JSON; a two-attribute model's are per attribute, e.g. face_mask/macro_f1
 """
 
 from __future__ import annotations
