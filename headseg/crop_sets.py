@@ -364,8 +364,8 @@ class AttributeCropDataset(torch.utils.data.Dataset):
         for name in dict.fromkeys(n for n, _ in self.sets):
             own = [ds for n, ds in self.sets if n == name]
             photos = sorted({p for ds in own for p in ds.photos()})
-            kept = np.random.default_rng(seed).permutation(len(photos))[:max(1, round(share * len(photos)))]
-            kept = {photos[i] for i in kept}
+            drawn = np.random.default_rng(seed).permutation(len(photos))[:max(1, round(share * len(photos)))]
+            kept = {photos[i] for i in drawn}
             for ds in own:
                 ds.keep([i for i, p in enumerate(ds.photos()) if p in kept])
             log.info("source %s: kept %d of %d photos (%d crops)", name, len(kept), len(photos),

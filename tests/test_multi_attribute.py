@@ -206,7 +206,7 @@ def test_attribute_draws_set_each_attributes_share(config_file: Path, data: dict
 
 def test_train_photos_keep_a_share_of_each_sources_photos(config_file: Path, data: dict, tmp_path: Path) -> None:
     """`data.train_photos`: every crop of a share of each source's photos, the same photos in all
-    of a source's crop sets, seeded; val is never cut; shares outside (0, 1] fail."""
+    of a source's crop sets, seeded; shares outside (0, 1] fail."""
     schema = AttributeSchema.from_dict(SCHEMA)
     faces, hats = str(data["faces"]["crops_train"]), str(data["hats"]["crops_train"])
     indexes = [("faces", faces), ("faces", faces), ("hats", hats)]
