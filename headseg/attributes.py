@@ -337,7 +337,8 @@ def distillation_loss(logits: Mapping[str, torch.Tensor], teacher_logits: Mappin
 
 
 def balanced_sample_weights(targets: torch.Tensor, crop_weights: torch.Tensor | None = None,
-                            attribute_weights: Sequence[float] | None = None, power: float = 1.0) -> torch.Tensor:
+                            attribute_weights: Sequence[float] | None = None, power: float = 1.0,
+                            value_weights: Sequence[Sequence[float] | None] | None = None) -> torch.Tensor:
     """Per-crop sampling weights so every attribute's rare values are seen.
 
     Each labelled (attribute, value) pair gets a total weight of 1, shared by its crops in
@@ -349,6 +350,8 @@ def balanced_sample_weights(targets: torch.Tensor, crop_weights: torch.Tensor | 
     ``attribute_weights`` scale those totals. ``power`` below 1 balances less: a value's share of
     its attribute's draws goes as its count to the ``1 - power`` (0.5: square-root sampling,
     Mahajan et al., 2018; 0: as the crops come), so a rare value's few crops repeat less often.
+    ``value_weights`` then scale single values' draws against their attribute's other values,
+    the attribute's total staying as it was.
 
     Args:
         targets: ``(N, A)`` int64 with ``-1`` for missing labels.
@@ -358,6 +361,8 @@ def balanced_sample_weights(targets: torch.Tensor, crop_weights: torch.Tensor | 
         attribute_weights: ``(A,)`` positive multipliers of each attribute's total (2: its
             values drawn twice as often as with 1, against the other attributes'). None: all 1.
         power: In [0, 1]: 1 gives every value equal draws.
+        value_weights: Per attribute, None or one positive multiplier per value (0.5: the value
+            drawn half as often, against the attribute's other values, as it would be). None: all 1.
 
     Returns:
         ``(N,)`` float64 weights for ``torch.utils.data.WeightedRandomSampler``; a crop with
@@ -375,6 +380,12 @@ def balanced_sample_weights(targets: torch.Tensor, crop_weights: torch.Tensor | 
                          "positive weight per attribute")
     if not 0 <= power <= 1:
         raise ValueError(f"balance power {power}; expected a number in [0, 1] (1: every value drawn alike)")
+    per_value = [None] * targets.shape[1] if value_weights is None else list(value_weights)
+    if len(per_value) != targets.shape[1] or not all(
+            v is None or (len(v) > int(targets[:, a].max()) and all(float(x) > 0 for x in v))
+            for a, v in enumerate(per_value)):
+        raise ValueError(f"value_weights {per_value} for {targets.shape[1]} attributes; expected per "
+                         "attribute None or one positive weight per value")
     weights = torch.zeros_like(share)
     for a in range(targets.shape[1]):
         column = targets[:, a]
@@ -387,6 +398,9 @@ def balanced_sample_weights(targets: torch.Tensor, crop_weights: torch.Tensor | 
         w[labelled] = scale[a] * share[labelled] / totals[column[labelled]]
         if power != 1:  # each value's total goes from 1 to its count^(1 - power); the attribute's stays
             w[labelled] *= totals[column[labelled]] ** (1 - power)
+        if per_value[a] is not None:
+            w[labelled] *= torch.tensor([float(x) for x in per_value[a]], dtype=torch.float64)[column[labelled]]
+        if power != 1 or per_value[a] is not None:
             w[labelled] *= scale[a] * int((totals > 0).sum()) / w[labelled].sum()
         weights = torch.maximum(weights, w)
     return weights

@@ -624,8 +624,13 @@ def _sample_weights(dataset: AttributeCropDataset, cfg: ClsConfig) -> torch.Tens
     crop_weights = None
     if cfg.data.sources:
         crop_weights = torch.tensor([s.weight for s in cfg.data.sources])[_crop_set_of_each_crop(dataset)]
-    attribute_weights = [float(cfg.data.attribute_draws.get(a, 1.0)) for a in dataset.schema.attributes]
-    return balanced_sample_weights(dataset.targets, crop_weights, attribute_weights, cfg.data.balance_power)
+    attributes = dataset.schema.attributes
+    attribute_weights = [float(cfg.data.attribute_draws.get(a, 1.0)) for a in attributes]
+    value_weights = [[float(cfg.data.value_draws.get(f"{a}/{v}", 1.0)) for v in values]
+                     if any(f"{a}/{v}" in cfg.data.value_draws for v in values) else None
+                     for a, values in attributes.items()]
+    return balanced_sample_weights(dataset.targets, crop_weights, attribute_weights, cfg.data.balance_power,
+                                   value_weights)
 
 
 def draw_shares(dataset: AttributeCropDataset, cfg: ClsConfig) -> dict[str, dict[str, float]]:
@@ -646,7 +651,8 @@ def draw_shares(dataset: AttributeCropDataset, cfg: ClsConfig) -> dict[str, dict
 
 def value_draw_shares(dataset: AttributeCropDataset, cfg: ClsConfig) -> dict[str, dict[str, float]]:
     """Attribute -> value -> its share of the draws that carry a label for the attribute (equal
-    shares at ``data.balance_power`` 1; ``balance_power`` below 1 moves them toward the counts)."""
+    shares at ``data.balance_power`` 1; ``balance_power`` below 1 moves them toward the counts,
+    ``data.value_draws`` by the weights it gives)."""
     weights = _sample_weights(dataset, cfg)
     out = {}
     for a, (attribute, values) in enumerate(dataset.schema.attributes.items()):

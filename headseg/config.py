@@ -150,6 +150,10 @@ class ClsDataConfig:
     # `{face_mask: 2}` draws face_mask's values twice as often as by default (attributes not
     # named: 1). By default an attribute's share is its number of values over all the values.
     attribute_draws: dict[str, float] = field(default_factory=dict)
+    # With `balance: sampler` and a schema: single values' draws against their attribute's other
+    # values, keyed `attribute/value`, e.g. `{face_mask/not_visible: 0.5}` draws that value half as
+    # often as the others; the attribute's share of all draws stays (values not named: 1).
+    value_draws: dict[str, float] = field(default_factory=dict)
     # With `balance: sampler`: how far to balance each attribute's values. 1: equal draws; 0.5:
     # a value's draws go as the square root of its crop count (square-root sampling); 0: as the
     # crops come (attributes.balanced_sample_weights).
@@ -217,9 +221,10 @@ class ClsConfig:
 
     def __post_init__(self) -> None:
         sources = self.data.sources
-        if self.data.attribute_draws and (self.schema is None or self.data.balance != "sampler"):
-            raise ValueError(f"data.attribute_draws {dict(self.data.attribute_draws)} needs a `schema` with "
-                             f"data.sources and data.balance: sampler (balance is {self.data.balance!r})")
+        for key in ("attribute_draws", "value_draws"):
+            if getattr(self.data, key) and (self.schema is None or self.data.balance != "sampler"):
+                raise ValueError(f"data.{key} {dict(getattr(self.data, key))} needs a `schema` with "
+                                 f"data.sources and data.balance: sampler (balance is {self.data.balance!r})")
         if self.schema is None:
             if sources:
                 raise ValueError(f"data.sources names {[s.name for s in sources]} but there is no "
@@ -246,6 +251,12 @@ class ClsConfig:
         if unknown or not all(float(w) > 0 for w in draws.values()):
             raise ValueError(f"data.attribute_draws {dict(draws)}: keys must be the schema's attributes "
                              f"{list(self.schema.attributes)} and weights > 0 (1: the default share)")
+        known = [f"{a}/{v}" for a, values in self.schema.attributes.items() for v in values]
+        draws = self.data.value_draws
+        unknown = sorted(set(draws) - set(known))
+        if unknown or not all(float(w) > 0 for w in draws.values()):
+            raise ValueError(f"data.value_draws {dict(draws)}: keys must be `attribute/value` among {known} "
+                             "and weights > 0 (1: drawn as often as the attribute's other values)")
 
 
 # ----------------------------------------------------------------------------- loading

@@ -225,6 +225,24 @@ def test_balance_power_tempers_the_rare_values_draws() -> None:
         balanced_sample_weights(targets, power=1.5)
 
 
+def test_value_weights_move_draws_within_an_attribute_only() -> None:
+    # face_mask: 8 with_mask, 2 without, 1 not_visible-like fourth value ... weighted 0.5; headwear: 3 / 3
+    targets = torch.tensor([[MISSING, 0]] * 8 + [[MISSING, 1]] * 2 + [[MISSING, 2]] * 4 + [[0, MISSING]] * 3
+                           + [[1, MISSING]] * 3)
+    w = balanced_sample_weights(targets, value_weights=[None, [1.0, 1.0, 0.5]])
+    share = [float(w[s].sum()) for s in (slice(0, 8), slice(8, 10), slice(10, 14))]
+    assert share == pytest.approx([3 / 2.5, 3 / 2.5, 1.5 / 2.5])  # 1 : 1 : 0.5 of face_mask's 3
+    assert torch.allclose(w[10:14], torch.full((4,), 1.5 / 2.5 / 4, dtype=torch.float64))  # alike within
+    assert torch.equal(w[14:], balanced_sample_weights(targets)[14:])  # headwear unmoved
+    assert torch.equal(balanced_sample_weights(targets, value_weights=[None, [1.0] * 3]), balanced_sample_weights(targets))
+    sqrt = balanced_sample_weights(targets, power=0.5, value_weights=[None, [1.0, 1.0, 0.5]])
+    assert float(sqrt[:8].sum()) / float(sqrt[10:14].sum()) == pytest.approx((8 ** 0.5) / (0.5 * 4 ** 0.5))
+    assert float(sqrt[:14].sum()) == pytest.approx(3.0)
+    for bad in ([None], [None, [1.0, 0.0, 1.0]], [None, [1.0, 1.0]]):
+        with pytest.raises(ValueError, match="one positive weight per value"):
+            balanced_sample_weights(targets, value_weights=bad)
+
+
 def test_crop_weights_move_draws_within_a_value_only() -> None:
     # `none` from 3 hhw crops and 1 weakly labelled street crop weighted 3: half the draws each
     targets = torch.tensor([[0, MISSING]] * 2 + [[1, MISSING]] * 4 + [[MISSING, 1]])

@@ -204,6 +204,29 @@ def test_attribute_draws_set_each_attributes_share(config_file: Path, data: dict
                                              "data.attribute_draws={face_mask: 2}", "data.balance=loss"])
 
 
+def test_value_draws_set_a_values_share_within_its_attribute(config_file: Path, data: dict) -> None:
+    """`data.value_draws: {face_mask/<value>: 0.5}` halves one value's draws against the attribute's
+    other values; the attribute's share of all draws stays."""
+    sources = [{"name": "faces", "train_index": str(data["faces"]["crops_train"])},
+               {"name": "hats", "train_index": str(data["hats"]["crops_train"])}]
+    base = load_config(ClsConfig, config_file, [f"data.sources={json.dumps(sources)}"])
+    dataset = AttributeCropDataset([(s["name"], s["train_index"]) for s in sources], base.schema)
+    present = [v for v, n in dataset.value_counts()["face_mask"].items() if n]
+    assert len(present) >= 2
+    halved = load_config(ClsConfig, config_file, [f"data.sources={json.dumps(sources)}",
+                                                  f"data.value_draws={{face_mask/{present[0]}: 0.5}}"])
+    a, b = value_draw_shares(dataset, base)["face_mask"], value_draw_shares(dataset, halved)["face_mask"]
+    assert b[present[0]] / b[present[1]] == pytest.approx(0.5 * a[present[0]] / a[present[1]], rel=1e-2)
+    assert attribute_draw_shares(dataset, halved) == attribute_draw_shares(dataset, base)
+    assert value_draw_shares(dataset, halved)["headwear"] == value_draw_shares(dataset, base)["headwear"]
+    for bad in ("{face_mask/hood: 2}", "{face_mask: 2}", f"{{face_mask/{present[0]}: 0}}"):
+        with pytest.raises(ValueError, match="value_draws"):
+            load_config(ClsConfig, config_file, [f"data.sources={json.dumps(sources)}", f"data.value_draws={bad}"])
+    with pytest.raises(ValueError, match="value_draws"):
+        load_config(ClsConfig, config_file, [f"data.sources={json.dumps(sources)}",
+                                             f"data.value_draws={{face_mask/{present[0]}: 2}}", "data.balance=loss"])
+
+
 def test_train_photos_keep_a_share_of_each_sources_photos(config_file: Path, data: dict, tmp_path: Path) -> None:
     """`data.train_photos`: every crop of a share of each source's photos, the same photos in all
     of a source's crop sets, seeded; shares outside (0, 1] fail."""
