@@ -82,10 +82,29 @@ def _predicted_heads(segmenter: Segmenter, image: np.ndarray, anns: list[dict[st
     return heads
 
 
+def _found_faces(faces: Segmenter, image: np.ndarray, score_thresh: float, device: torch.device) -> torch.Tensor:
+    """``(K, 4)`` xyxy boxes a face detector finds in ``image`` at ``score_thresh`` or above."""
+    tensor = torch.from_numpy(image).permute(2, 0, 1).float().div(255).to(device)
+    det = faces.detect([tensor])[0]
+    return det.boxes[det.scores >= score_thresh].cpu().reshape(-1, 4)
+
+
+def _holds_a_face(box: Sequence[float], faces: torch.Tensor, min_inside: float = 0.5) -> bool:
+    """Whether at least ``min_inside`` of some face box's area lies in ``box`` (xyxy)."""
+    if not len(faces):
+        return False
+    x1, y1, x2, y2 = box
+    w = (faces[:, 2].clamp(max=x2) - faces[:, 0].clamp(min=x1)).clamp(min=0)
+    h = (faces[:, 3].clamp(max=y2) - faces[:, 1].clamp(min=y1)).clamp(min=0)
+    area = ((faces[:, 2] - faces[:, 0]) * (faces[:, 3] - faces[:, 1])).clamp(min=1e-6)
+    return bool((w * h / area >= min_inside).any())
+
+
 def make_crop_set(coco: CocoHeads, out_dir: str | Path, crop: CropConfig, segmenter: Segmenter | None = None,
                   score_thresh: float = 0.5, iou_thresh: float = 0.5, background: bool = False,
                   device: str | torch.device = "cpu", progress: bool = True,
-                  face_to_head: FaceToHead | None = None, background_max_iou: float | None = None) -> Path:
+                  face_to_head: FaceToHead | None = None, background_max_iou: float | None = None,
+                  background_faces: Segmenter | None = None, background_face_score: float = 0.5) -> Path:
     """Cut one crop per head and write ``out_dir/crops/*.png``, ``index.csv``, ``classes.txt``, ``crops.json``.
 
     Args:
@@ -108,6 +127,11 @@ def make_crop_set(coco: CocoHeads, out_dir: str | Path, crop: CropConfig, segmen
             ground-truth head reaches this is dropped, not kept: a head framed half on a labelled
             one is neither that head nor background (the band detectors leave unsampled between
             their background and foreground IoU). None keeps every unmatched prediction.
+        background_faces: With ``background``: a face detector (a segmenter of faces, e.g. the
+            bundled face model's) run on each photo; an unmatched prediction holding half or more
+            of a face it finds at ``background_face_score`` is dropped, not kept: a face the
+            annotators left out is no head without a face to judge. None: no such check.
+        background_face_score: Lowest score of a face that counts.
 
     Returns:
         Path of ``index.csv``; ``crop`` paths in it are relative to its folder.
@@ -115,6 +139,9 @@ def make_crop_set(coco: CocoHeads, out_dir: str | Path, crop: CropConfig, segmen
     if background_max_iou is not None and not (background and 0.0 < background_max_iou <= iou_thresh):
         raise ValueError(f"background_max_iou={background_max_iou} needs background=True and a value in "
                          f"(0, iou_thresh={iou_thresh}]")
+    if background_faces is not None and not background:
+        raise ValueError("background_faces needs background=True: it only removes unmatched heads "
+                         "from the background class")
     out_dir = check_output_dir(out_dir)
     (out_dir / "crops").mkdir(exist_ok=True)
     class_of = dict(coco.categories)
@@ -130,9 +157,12 @@ def make_crop_set(coco: CocoHeads, out_dir: str | Path, crop: CropConfig, segmen
         h, w = image.shape[:2]
         if face_to_head is not None:
             anns = faces_to_heads(anns, face_to_head, h, w)
+        faces = None
         if pred:
             heads = _predicted_heads(segmenter, image, anns, class_of, score_thresh, iou_thresh,
                                      torch.device(device))
+            if background_faces is not None and any(head["label"] == BACKGROUND for head in heads):
+                faces = _found_faces(background_faces, image, background_face_score, torch.device(device))
         else:
             heads = [{"box": _xyxy(a["bbox"]),
                       "mask": annotation_mask(a, h, w, derived), "ann_id": a["id"],
@@ -143,6 +173,9 @@ def make_crop_set(coco: CocoHeads, out_dir: str | Path, crop: CropConfig, segmen
                 continue
             if head["label"] == BACKGROUND and background_max_iou is not None and head["iou"] >= background_max_iou:
                 skipped[f"unmatched with IoU >= {background_max_iou:g}"] += 1
+                continue
+            if head["label"] == BACKGROUND and faces is not None and _holds_a_face(head["box"], faces):
+                skipped["unmatched holding a face found"] += 1
                 continue
             if crop.fill != "none" and not head["mask"].any():
                 skipped["empty mask"] += 1  # nothing to cut: the segmenter found no head pixel
@@ -169,6 +202,8 @@ def make_crop_set(coco: CocoHeads, out_dir: str | Path, crop: CropConfig, segmen
                                         "score_thresh": score_thresh if pred else None,
                                         "iou_thresh": iou_thresh if pred else None,
                                         "background_max_iou": background_max_iou,
+                                        "background_face_score": (background_face_score
+                                                                  if background_faces is not None else None),
                                         "face_to_head": to_dict(face_to_head) if face_to_head else None,
                                         "num_crops": len(rows),
                                         "labels": dict(Counter(r["label"] for r in rows))})

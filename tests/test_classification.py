@@ -242,13 +242,19 @@ def test_pred_crop_set_with_tiny_segmenter(synthetic_data: dict, tmp_path: Path)
     save_checkpoint(tmp_path / "seg.pt", segmenter_checkpoint(model, seg_cfg, ["head"]))
     args = ["--coco", str(synthetic_data["val"]), "--from", "pred", "--segmenter", str(tmp_path / "seg.pt"),
             "--no-progress", "--set", *CROP]
-    for extra, out in (([], "strict"), (["--score-thresh", "0", "--background"], "all")):
+    for extra, out in (([], "strict"), (["--score-thresh", "0", "--background"], "all"),
+                       (["--score-thresh", "0", "--background", "--background-faces", str(tmp_path / "seg.pt"),
+                         "--background-face-score", "0"], "faces")):
         index = make_crops.main(make_crops.parse_args([*args, "--out", str(tmp_path / out), *extra]))
         rows = list(csv.DictReader(index.open()))  # an untrained model may find nothing: accepted
         assert all(r["source"] == "pred" and float(r["score"]) >= 0 for r in rows)
         header = index.read_text().splitlines()[0].split(",")
         assert header[-2:] == ["score", "iou"]
     assert (tmp_path / "all" / "classes.txt").read_text().split()[-1] == "background"
+    # the tiny model finds the same heads as faces: each unmatched head holds one, and goes
+    unmatched = sum(r["label"] == "background" for r in csv.DictReader((tmp_path / "all" / "index.csv").open()))
+    assert not any(r["label"] == "background" for r in csv.DictReader((tmp_path / "faces" / "index.csv").open()))
+    assert unmatched > 0
     with pytest.raises(ValueError, match="needs --segmenter"):
         make_crops.main(make_crops.parse_args(["--coco", str(synthetic_data["val"]), "--out",
                                                str(tmp_path / "x"), "--from", "pred"]))
@@ -278,6 +284,43 @@ def test_background_max_iou_drops_half_matched_heads(synthetic_data: dict, tmp_p
     assert json.loads((tmp_path / "band" / "crops.json").read_text())["background_max_iou"] == 0.3
     with pytest.raises(ValueError, match="needs background=True"):
         make_crop_set(coco, tmp_path / "x", CropConfig(size=32), object(), background_max_iou=0.3)
+
+
+def test_background_faces_drop_unmatched_heads_holding_a_face(synthetic_data: dict, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """`background_faces`: an unmatched head holding half a face the face detector finds is
+    neither background nor kept; matched heads and faceless unmatched heads stay."""
+    coco = load_coco(synthetic_data["val"])
+
+    def heads(segmenter, image, anns, class_of, *args):  # a match, a stray head on a face, a faceless one
+        mask = np.zeros(image.shape[:2], bool)
+        mask[8:40, 8:40] = True
+        label = class_of[anns[0]["category_id"]]
+        return [{"box": box, "mask": mask, "score": 0.9, "iou": iou, "ann_id": ann, "label": lab}
+                for box, iou, ann, lab in (([8.0, 8.0, 40.0, 40.0], 0.8, anns[0]["id"], label),
+                                           ([0.0, 0.0, 20.0, 20.0], 0.0, "", BACKGROUND),
+                                           ([40.0, 40.0, 60.0, 60.0], 0.0, "", BACKGROUND))]
+
+    seen = []
+
+    def faces(detector, image, score, device):  # one face, 3/4 inside the stray head at (0, 0)
+        seen.append((detector, score))
+        return torch.tensor([[10.0, 5.0, 30.0, 15.0]])
+
+    monkeypatch.setattr(crop_sets_module, "_predicted_heads", heads)
+    monkeypatch.setattr(crop_sets_module, "_found_faces", faces)
+    detector = object()
+    index = make_crop_set(coco, tmp_path / "clean", CropConfig(size=32), object(), background=True,
+                          progress=False, background_faces=detector, background_face_score=0.7)
+    rows = list(csv.DictReader(index.open()))
+    assert [r["crop"].rsplit("_p", 1)[1] for r in rows] == ["0.png", "2.png"] * len(coco.image_ids)
+    assert seen == [(detector, 0.7)] * len(coco.image_ids)
+    assert json.loads((tmp_path / "clean" / "crops.json").read_text())["background_face_score"] == 0.7
+    assert crop_sets_module._holds_a_face([0, 0, 20, 20], torch.tensor([[10.0, 5.0, 30.0, 15.0]]))
+    assert not crop_sets_module._holds_a_face([0, 0, 19, 20], torch.tensor([[10.0, 5.0, 30.0, 15.0]]))
+    assert not crop_sets_module._holds_a_face([0, 0, 20, 20], torch.zeros((0, 4)))
+    with pytest.raises(ValueError, match="needs background=True"):
+        make_crop_set(coco, tmp_path / "x", CropConfig(size=32), object(), background_faces=detector)
 
 
 # ----------------------------------------------------------------------------- training and tools

@@ -13,7 +13,9 @@ pipeline finds them (same boxes, masks and mask threshold); each takes the
 category of the ground-truth head it overlaps best if that box IoU is >= ``--iou-thresh``, the
 others are dropped or, with ``--background``, kept as class ``background`` (with
 ``--background-max-iou T``, only those whose best IoU with a labelled head is below T: a head
-framed half on a labelled one is neither). Mapped to a value in the classifier's schema, the
+framed half on a labelled one is neither; with ``--background-faces FACE_SEGMENTER``, those
+holding a face that face detector finds are neither too: faces the annotators left out). Mapped
+to a value in the classifier's schema, the
 background heads teach the classifier what the pipeline meets and the set does not label
 (configs/cls_multi_novis_128.yaml: heads whose face is not labelled, as ``face_mask/not_visible``).
 
@@ -79,6 +81,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--background-max-iou", type=float,
                         help="--background: drop unmatched heads whose best IoU with a labelled head "
                              "reaches this (e.g. 0.3), rather than call them background")
+    parser.add_argument("--background-faces", type=Path, metavar="FACE_SEGMENTER",
+                        help="--background: a segmenter of faces (e.g. headseg/assets/segmenter.pt, the "
+                             "face model's); unmatched heads holding a face it finds are dropped, not "
+                             "called background (faces the annotators left out)")
+    parser.add_argument("--background-face-score", type=float, default=0.5,
+                        help="--background-faces: lowest score of a face that counts")
     parser.add_argument("--face-to-head", action="store_true",
                         help="boxes are faces: crop (or match) the head box derived from each")
     add_head_rule_arg(parser)
@@ -112,10 +120,12 @@ def main(args: argparse.Namespace) -> Path:
     if args.label:
         coco = relabel(coco, args.label)
     segmenter = Segmenter.load(args.segmenter, args.device) if args.segmenter else None
+    faces = Segmenter.load(args.background_faces, args.device) if args.background_faces else None
     index = make_crop_set(coco, args.out, crop, segmenter, args.score_thresh, args.iou_thresh,
                           args.background, args.device, progress=not args.no_progress,
                           face_to_head=head_rule(args) if args.face_to_head else None,
-                          background_max_iou=args.background_max_iou)
+                          background_max_iou=args.background_max_iou, background_faces=faces,
+                          background_face_score=args.background_face_score)
     rows = index.read_text().count("\n") - 1
     masked = coco.derived_masks and crop.fill != "none"
     derived = f" (masks derived from boxes: {coco.derived_masks})" if masked else ""
