@@ -270,7 +270,7 @@ def test_bundled_default_finds_heads_in_a_sample_photo() -> None:
     assert sum((ASSETS / name).stat().st_size for name in files) < 30 * 2**20  # the wheel stays small
     pipe = HeadwearPipeline.from_pretrained(device="cpu")
     assert dict(pipe.schema.attributes) == {"headwear": ("helmet", "none"),
-                                            "face_mask": ("with_mask", "without_mask", "incorrect")}
+                                            "face_mask": ("with_mask", "without_mask", "incorrect", "not_visible")}
     root = Path(__file__).resolve().parents[1]
     result = pipe(root / "docs" / "samples" / "maksssksksss134.jpg")
     assert len(result) >= 1
