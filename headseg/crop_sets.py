@@ -57,6 +57,16 @@ def _xyxy(box_xywh: Sequence[float]) -> list[float]:
     return [x, y, x + w, y + h]
 
 
+def _detections(segmenter: Segmenter, image: np.ndarray, score_thresh: float,
+                device: torch.device) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+    """``segmenter``'s boxes ``(K, 4)`` xyxy, scores and masks on an RGB uint8 ``image``, at
+    ``score_thresh`` or above, as the pipeline finds them (:meth:`Segmenter.detect`)."""
+    tensor = torch.from_numpy(image).permute(2, 0, 1).float().div(255).to(device)
+    det = segmenter.detect([tensor])[0]
+    keep = det.scores >= score_thresh
+    return det.boxes[keep].cpu().reshape(-1, 4), det.scores[keep].cpu(), det.masks[keep].cpu().numpy()
+
+
 def _predicted_heads(segmenter: Segmenter, image: np.ndarray, anns: list[dict[str, Any]],
                      class_of: dict[int, str], score_thresh: float, iou_thresh: float,
                      device: torch.device) -> list[dict[str, Any]]:
@@ -64,10 +74,7 @@ def _predicted_heads(segmenter: Segmenter, image: np.ndarray, anns: list[dict[st
 
     The heads are the pipeline's (:meth:`Segmenter.detect`): same boxes, masks and threshold.
     """
-    tensor = torch.from_numpy(image).permute(2, 0, 1).float().div(255).to(device)
-    det = segmenter.detect([tensor])[0]
-    keep = det.scores >= score_thresh
-    boxes, scores, masks = det.boxes[keep].cpu(), det.scores[keep].cpu(), det.masks[keep].cpu().numpy()
+    boxes, scores, masks = _detections(segmenter, image, score_thresh, device)
     gt = torch.tensor([_xyxy(a["bbox"]) for a in anns], dtype=torch.float32).reshape(-1, 4)
     ious = box_iou(boxes, gt) if len(gt) and len(boxes) else torch.zeros((len(boxes), len(gt)))
     heads = []
@@ -84,9 +91,7 @@ def _predicted_heads(segmenter: Segmenter, image: np.ndarray, anns: list[dict[st
 
 def _found_faces(faces: Segmenter, image: np.ndarray, score_thresh: float, device: torch.device) -> torch.Tensor:
     """``(K, 4)`` xyxy boxes a face detector finds in ``image`` at ``score_thresh`` or above."""
-    tensor = torch.from_numpy(image).permute(2, 0, 1).float().div(255).to(device)
-    det = faces.detect([tensor])[0]
-    return det.boxes[det.scores >= score_thresh].cpu().reshape(-1, 4)
+    return _detections(faces, image, score_thresh, device)[0]
 
 
 def _holds_a_face(box: Sequence[float], faces: torch.Tensor, min_inside: float = 0.5) -> bool:
