@@ -935,9 +935,72 @@ def attribute_metrics_by_area(targets: torch.Tensor, probs: torch.Tensor, schema
     return metrics
 
 
+def attribute_view(targets: torch.Tensor, probs: torch.Tensor, schema: AttributeSchema, attribute: str
+                   ) -> tuple[torch.Tensor, torch.Tensor, AttributeSchema]:
+    """One attribute of a classifier's outputs, as a single-attribute classifier's would read.
+
+    Each attribute has its own softmax, so its block of columns is a distribution on its own: a
+    two-attribute model's ``face_mask`` can be scored, and compared, against a model that
+    predicts ``face_mask`` alone. A single-attribute schema is taken to be ``attribute`` whatever its
+    name (a predictions CSV of one does not spell it).
+
+    Returns:
+        ``(N, 1)`` targets, ``(N, values)`` probabilities and the one-attribute schema.
+
+    Raises:
+        ValueError: ``attribute`` is not one of a multi-attribute schema's.
+    """
+    from headseg.attributes import AttributeSchema  # noqa: PLC0415 (it needs torch; this module does not)
+
+    if len(schema.attributes) == 1:
+        (values,) = schema.attributes.values()
+        return targets.reshape(len(targets), 1), probs, AttributeSchema.single(values, name=attribute)
+    if attribute not in schema.attributes:
+        raise ValueError(f"no attribute {attribute!r} among {schema.names}")
+    a = schema.names.index(attribute)
+    return (targets[:, a:a + 1], schema.split(probs)[attribute],
+            AttributeSchema.single(schema.attributes[attribute], name=attribute))
+
+
+def remap_targets(targets: torch.Tensor, schema: AttributeSchema, other: AttributeSchema) -> torch.Tensor:
+    """``(N, A)`` value indices of ``schema`` as ``other``'s: the same attributes, each label the
+    value of the same name in ``other`` (whose values may be more, fewer or in another order).
+
+    Raises:
+        ValueError: the two have other attributes, or a crop's label is no value of ``other``'s.
+    """
+    if set(schema.attributes) != set(other.attributes):
+        raise ValueError(f"attributes {schema.names} and {other.names}; expected the same attributes")
+    out = targets.clone()
+    for a, (name, values) in enumerate(schema.attributes.items()):
+        theirs = other.attributes[name]
+        for i in (targets[:, a] >= 0).nonzero().flatten().tolist():
+            value = values[int(targets[i, a])]
+            if value not in theirs:
+                raise ValueError(f"a crop labelled {name} {value!r}, which the other model does not predict "
+                                 f"(its values: {list(theirs)}); compare on crops both can be right on")
+            out[i, a] = theirs.index(value)
+    return out[:, [schema.names.index(n) for n in other.names]]
+
+
+def comparable_keys(schema: AttributeSchema, other: AttributeSchema, metrics: Mapping[str, float],
+                    other_metrics: Mapping[str, float]) -> list[str]:
+    """The metric keys (of :func:`attribute_metrics`) that mean the same for two classifiers of the
+    same attributes whose values may differ: those both have, but the counts and, for an
+    attribute whose values differ, ``macro_f1`` (averaged over other values).
+    ``macro_f1_labelled``, ``accuracy``, ``balanced_accuracy`` and each shared value's
+    precision, recall and F1 are scored on the labels alone, so a value one model has and the
+    labels never use (``not_visible`` on crops that all show a face) counts against it only
+    through the crops it takes from the others.
+    """
+    differ = [n for n in schema.attributes if schema.attributes[n] != other.attributes.get(n)]
+    dropped = {attribute_prefix(schema, n) + "macro_f1" for n in differ} | ({"macro_f1"} if differ else set())
+    return [k for k in metrics if k in other_metrics and "support/" not in k and k not in dropped]
+
+
 def bootstrap_intervals(targets: torch.Tensor, probs: torch.Tensor, schema: AttributeSchema, *,
-                        baseline: torch.Tensor | None = None, resamples: int = 1000, level: float = 0.95,
-                        seed: int = 0) -> dict[str, float]:
+                        baseline: torch.Tensor | None = None, baseline_schema: AttributeSchema | None = None,
+                        resamples: int = 1000, level: float = 0.95, seed: int = 0) -> dict[str, float]:
     """Confidence intervals of :func:`attribute_metrics` from resampling the crops (``scipy.stats.bootstrap``).
 
     Each resample draws as many crops as there are, with replacement, a crop's labels of every
@@ -952,6 +1015,10 @@ def bootstrap_intervals(targets: torch.Tensor, probs: torch.Tensor, schema: Attr
         targets, probs, schema: As :func:`attribute_metrics`.
         baseline: ``(N, sum of values)`` another classifier's probabilities on the same crops, or
             ``None``.
+        baseline_schema: The baseline's schema where its values differ from ``schema``'s (the
+            same attributes; a value added, such as ``not_visible``): each is scored with its own,
+            on the same labels (:func:`remap_targets`), and the intervals are of the keys whose
+            meaning the two share (:func:`comparable_keys`).
         resamples: Bootstrap resamples (at least 2; the intervals' ends settle near 1000).
         level: Confidence level, in (0, 1).
         seed: Seed of the resampling: the same inputs give the same intervals.
@@ -963,27 +1030,35 @@ def bootstrap_intervals(targets: torch.Tensor, probs: torch.Tensor, schema: Attr
         sources, with a handful of crops of one).
 
     Raises:
-        ValueError: ``resamples`` or ``level`` out of range, or ``baseline`` of another shape.
+        ValueError: ``resamples`` or ``level`` out of range, ``baseline`` of another shape, or
+            a ``baseline_schema`` the labels do not fit (:func:`remap_targets`).
     """
     import torch  # noqa: PLC0415 (the rest of this module needs numpy only)
 
     _check_bootstrap(resamples, level)  # before the first scoring, not after
     targets, probs = torch.as_tensor(targets), torch.as_tensor(probs)
+    other = schema if baseline_schema is None else baseline_schema
+    other_targets = targets if other == schema else remap_targets(targets, schema, other)
     if baseline is not None:
         baseline = torch.as_tensor(baseline)
-        if baseline.shape != probs.shape:
+        expected = (len(probs), len(other.column_names))
+        if tuple(baseline.shape) != expected:
             raise ValueError(f"baseline probabilities {tuple(baseline.shape)} for probabilities {tuple(probs.shape)}; "
-                             "expected both classifiers' outputs on the same crops")
+                             f"expected both classifiers' outputs on the same crops, {expected}")
     metrics, _ = attribute_metrics(targets, probs, schema)
-    keys = [k for k in metrics if "support/" not in k]
+    if baseline is None or other == schema:
+        keys = [k for k in metrics if "support/" not in k]
+    else:
+        keys = comparable_keys(schema, other, metrics, attribute_metrics(other_targets, baseline, other)[0])
 
-    def scores(drawn: torch.Tensor, of: torch.Tensor) -> np.ndarray:
-        resampled, _ = attribute_metrics(targets[drawn], of[drawn], schema)
+    def scores(drawn: torch.Tensor, of: torch.Tensor, y: torch.Tensor, of_schema: AttributeSchema) -> np.ndarray:
+        resampled, _ = attribute_metrics(y[drawn], of[drawn], of_schema)
         return np.array([resampled.get(k, np.nan) for k in keys])
 
     def statistic(crops: np.ndarray) -> np.ndarray:
         drawn = torch.from_numpy(crops)
-        return scores(drawn, probs) - (0.0 if baseline is None else scores(drawn, baseline))
+        mine = scores(drawn, probs, targets, schema)
+        return mine if baseline is None else mine - scores(drawn, baseline, other_targets, other)
 
     return _percentile_bootstrap(len(targets), statistic, keys, resamples, level, seed)
 

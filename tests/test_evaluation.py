@@ -28,6 +28,7 @@ from headseg.evaluation import (
     bootstrap_coco,
     bootstrap_intervals,
     classification_metrics,
+    comparable_keys,
     coco_evaluate,
     confusion_matrix,
     fit_learning_curve,
@@ -35,6 +36,7 @@ from headseg.evaluation import (
     operating_point,
     plot_confusion_matrix,
     read_attribute_predictions,
+    remap_targets,
     to_coco_results,
     write_attribute_predictions,
     write_confusion_csv,
@@ -513,6 +515,81 @@ def test_compare_cls_gives_paired_differences(tmp_path: Path, capsys: pytest.Cap
     write_attribute_predictions(tmp_path / "c.csv", crops[::-1], targets, candidate, TWO, ["face_mask"])
     with pytest.raises(ValueError, match="same crop index"):
         compare_cls.main(compare_cls.parse_args([str(tmp_path / "a.csv"), str(tmp_path / "c.csv")]))
+
+
+def test_compare_cls_across_added_values_and_a_single_attribute_model(tmp_path: Path,
+                                                                         capsys: pytest.CaptureFixture) -> None:
+    g = torch.Generator().manual_seed(1)
+    n = 150
+    labels = torch.randint(0, 3, (n,), generator=g)
+    targets = torch.stack([torch.full((n,), -1), labels], 1)
+    mask = torch.softmax(torch.randn(n, 3, generator=g) + 2.0 * torch.nn.functional.one_hot(labels, 3), 1)
+    crops = [f"crops/{i}.png" for i in range(n)]
+    base = torch.cat([torch.full((n, 2), 0.5), mask], 1)
+    write_attribute_predictions(tmp_path / "base.csv", crops, targets, base, TWO, ["face_mask"])
+    # the same model with a fourth value that wins on every fifth crop: those crops become errors
+    four = AttributeSchema({"headwear": ["helmet", "none"],
+                            "face_mask": ["with_mask", "without_mask", "incorrect", "not_visible"]}, {})
+    extra = torch.zeros(n, 1)
+    extra[::5] = 2.0
+    added = torch.cat([torch.full((n, 2), 0.5), torch.cat([mask, extra], 1) / (1 + extra)], 1)
+    write_attribute_predictions(tmp_path / "four.csv", crops, targets, added, four, ["face_mask"])
+    report = compare_cls.main(compare_cls.parse_args([str(tmp_path / "base.csv"), str(tmp_path / "four.csv"),
+                                                      "--bootstrap", "200"]))
+    mine, _ = attribute_metrics(targets, added, four)
+    theirs, _ = attribute_metrics(targets, base, TWO)
+    for key in ("face_mask/macro_f1_labelled", "face_mask/accuracy", "face_mask/f1/incorrect"):
+        assert report[f"candidate/{key}"] == pytest.approx(mine[key], abs=1e-3)  # the CSV's 4 decimals
+        assert report[f"baseline/{key}"] == pytest.approx(theirs[key], abs=1e-3)
+    key = "face_mask/accuracy"  # a fifth of the crops lost, the same ones in every resample's pairs
+    assert report[f"difference/{key}/ci_high"] < 0 and report[f"difference/{key}"] < 0
+    # macro_f1 averages over other values for the two: not compared
+    assert not any(k.endswith("/macro_f1") or k.endswith("/macro_f1/ci_low") for k in report)
+    assert "face_mask/macro_f1_labelled" in capsys.readouterr().out
+
+    # a face_mask-only model against the two-attribute one: named, the same probabilities read the same
+    single = AttributeSchema.single(["with_mask", "without_mask", "incorrect"], name="face_mask")
+    write_attribute_predictions(tmp_path / "single.csv", crops, labels[:, None], mask, single, ["face_mask"])
+    with pytest.raises(ValueError, match="--attribute"):
+        compare_cls.main(compare_cls.parse_args([str(tmp_path / "single.csv"), str(tmp_path / "base.csv")]))
+    same = compare_cls.main(compare_cls.parse_args([str(tmp_path / "single.csv"), str(tmp_path / "base.csv"),
+                                                    "--attribute", "face_mask", "--bootstrap", "50"]))
+    assert same["difference/macro_f1"] == 0.0
+    assert same["difference/macro_f1/ci_low"] == same["difference/macro_f1/ci_high"] == 0.0
+    with pytest.raises(ValueError, match="no attribute 'glasses'"):
+        compare_cls.main(compare_cls.parse_args([str(tmp_path / "single.csv"), str(tmp_path / "base.csv"),
+                                                 "--attribute", "glasses"]))
+    # other labels on the same crops, or a label the baseline cannot predict: refused
+    relabelled = labels.clone()
+    relabelled[0] = (labels[0] + 1) % 3
+    write_attribute_predictions(tmp_path / "other.csv", crops, torch.stack([torch.full((n,), -1), relabelled], 1),
+                                base, TWO, ["face_mask"])
+    with pytest.raises(ValueError, match="other labels"):
+        compare_cls.main(compare_cls.parse_args([str(tmp_path / "base.csv"), str(tmp_path / "other.csv")]))
+    novis = targets.clone()
+    novis[0, 1] = 3
+    write_attribute_predictions(tmp_path / "novis.csv", crops, novis, added, four, ["face_mask"])
+    with pytest.raises(ValueError, match="does not predict"):
+        compare_cls.main(compare_cls.parse_args([str(tmp_path / "base.csv"), str(tmp_path / "novis.csv")]))
+
+
+def test_remap_targets_and_comparable_keys() -> None:
+    four = AttributeSchema({"face_mask": ["not_visible", "incorrect", "without_mask", "with_mask"],
+                            "headwear": ["helmet", "none"]}, {})
+    targets = torch.tensor([[-1, 0], [1, -1], [0, 2]])  # TWO's order: headwear, face_mask
+    assert remap_targets(targets, TWO, four).tolist() == [[3, -1], [-1, 1], [1, 0]]
+    assert remap_targets(remap_targets(targets, TWO, four), four, TWO).equal(targets)
+    with pytest.raises(ValueError, match="does not predict"):
+        remap_targets(torch.tensor([[0, -1]]), four, TWO)
+    with pytest.raises(ValueError, match="the same attributes"):
+        remap_targets(targets, TWO, AttributeSchema.single(["a", "b"]))
+    keys = comparable_keys(four, TWO, {"macro_f1": 1, "face_mask/macro_f1": 1, "headwear/macro_f1": 1,
+                                       "face_mask/f1/with_mask": 1, "face_mask/f1/not_visible": 1,
+                                       "face_mask/support/with_mask": 1, "face_mask/macro_f1_labelled": 1},
+                           {"macro_f1": 1, "face_mask/macro_f1": 1, "headwear/macro_f1": 1,
+                            "face_mask/f1/with_mask": 1, "face_mask/support/with_mask": 1,
+                            "face_mask/macro_f1_labelled": 1})
+    assert keys == ["headwear/macro_f1", "face_mask/f1/with_mask", "face_mask/macro_f1_labelled"]
 
 
 def test_learning_curve_recovers_a_power_law_and_the_data_a_goal_needs(tmp_path: Path,
