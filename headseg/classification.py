@@ -374,6 +374,52 @@ def _state(checkpoint: str | Path | dict[str, Any]) -> dict[str, Any]:
     return load_checkpoint(checkpoint, "classifier")
 
 
+def weight_values(state: dict[str, Any], weights: dict[str, float]) -> dict[str, Any]:
+    """A classifier checkpoint whose named values weigh ``w`` times as much in their attribute's softmax.
+
+    Post-hoc prior correction (logit adjustment; Menon et al., 2021): ``log w`` is added to each
+    named column's bias in the output layer, so every probability the classifier gives is its
+    attribute's softmax with that value's share multiplied by ``w`` and the attribute renormalised
+    (with test-time flip: each view's, then averaged). A sampler that drew a value as often as
+    the others (``data.balance``) teaches it a prior it does not have where the model runs; a
+    weight under 1 calls it less often, with no retraining. The weights applied are recorded in
+    ``value_weights`` (multiplied into any already there).
+
+    Args:
+        state: A classifier checkpoint (not changed).
+        weights: ``attribute/value`` (the value alone for a single-attribute classifier) ->
+            ``w > 0``.
+
+    Returns:
+        The new checkpoint.
+
+    Raises:
+        ValueError: a name that is none of the classifier's columns, or a weight that is not a
+            positive finite number.
+    """
+    import math  # noqa: PLC0415
+
+    columns = list(_state(state)["class_names"])
+    for name, w in weights.items():
+        if name not in columns:
+            raise ValueError(f"no output {name!r}; the classifier's are {columns}")
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w <= 0:
+            raise ValueError(f"weight {w!r} for {name}; expected a positive number (1: unchanged)")
+    model = Classifier.load(state).model
+    head = next(m for m in model.modules() if isinstance(m, ClassifierHead))
+    last = [m for m in head if isinstance(m, nn.Linear)][-1]
+    key = next(n for n, m in model.named_modules() if m is last) + ".bias"
+    bias = state["model"][key].clone()
+    shift = torch.zeros(len(columns), dtype=torch.float64)
+    for name, w in weights.items():
+        shift[columns.index(name)] = math.log(w)
+    bias = (bias.double() + shift).to(bias.dtype)
+    recorded = dict(state.get("value_weights", {}))
+    for name, w in weights.items():
+        recorded[name] = recorded.get(name, 1.0) * float(w)
+    return {**state, "model": {**state["model"], key: bias}, "value_weights": recorded}
+
+
 def load_classifier(path: str | Path | dict[str, Any], device: str | torch.device = "cpu"
                     ) -> tuple[nn.Module, ClsConfig, list[str]]:
     """``(model in eval mode, config, class names)`` of :meth:`Classifier.load`."""

@@ -531,3 +531,37 @@ def test_stage_one_equals_the_plain_segmenter(checkpoints: tuple[Path, Path]) ->
         assert len(boxes) == int(keep.sum()) > 0
         assert torch.allclose(scores, plain["scores"][keep], atol=1e-4)
         assert torch.equal(masks, plain["masks"][keep, 0] > pipe.mask_thresh)
+
+
+def test_pack_model_weighs_a_classifier_value(checkpoints: tuple[Path, Path], tmp_path: Path) -> None:
+    from headseg.classification import Classifier, predict_probs
+    from tools import pack_model
+
+    seg, cls = checkpoints
+    name = CLASSES[1]
+    weighted = pack_model.main(pack_model.parse_args([str(cls), str(tmp_path / "w.pt"), "--fp32",
+                                                      "--value-weight", f"{name}=0.25"]))
+    before, after = Classifier.load(cls), Classifier.load(weighted)
+    x = torch.rand(6, 3, 32, 32)
+    p, q = predict_probs(before.model, x), predict_probs(after.model, x)
+    # the value's share is multiplied by 0.25 and the attribute renormalised: the others' ratios stay
+    expected = p.clone()
+    expected[:, 1] *= 0.25
+    assert torch.allclose(q, expected / expected.sum(1, keepdim=True), atol=1e-5)
+    state = torch.load(weighted, map_location="cpu", weights_only=True)
+    assert state["value_weights"] == {name: 0.25}
+    # packed again (fp16 too): the weights multiply, and the record follows
+    again = pack_model.main(pack_model.parse_args([str(weighted), str(tmp_path / "w2.pt"), "--value-weight",
+                                                   f"{name}=2"]))
+    assert torch.load(again, map_location="cpu", weights_only=True)["value_weights"] == {name: 0.5}
+    r = predict_probs(Classifier.load(again).model, x)
+    expected = p.clone()
+    expected[:, 1] *= 0.5
+    assert torch.allclose(r, expected / expected.sum(1, keepdim=True), atol=2e-3)  # fp16 weights
+    with pytest.raises(ValueError, match="no output 'glasses'"):
+        pack_model.main(pack_model.parse_args([str(cls), str(tmp_path / "x.pt"), "--value-weight", "glasses=0.5"]))
+    for bad in ("0", "-1", "abc", "true"):
+        with pytest.raises(ValueError, match="positive number"):
+            pack_model.main(pack_model.parse_args([str(cls), str(tmp_path / "x.pt"), "--value-weight", f"{name}={bad}"]))
+    with pytest.raises(ValueError, match="weighs a classifier"):
+        pack_model.main(pack_model.parse_args([str(seg), str(tmp_path / "x.pt"), "--value-weight", "head=0.5"]))
