@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -397,8 +398,6 @@ def weight_values(state: dict[str, Any], weights: dict[str, float]) -> dict[str,
         ValueError: a name that is none of the classifier's columns, or a weight that is not a
             positive finite number.
     """
-    import math  # noqa: PLC0415
-
     columns = list(_state(state)["class_names"])
     for name, w in weights.items():
         if name not in columns:
