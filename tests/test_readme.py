@@ -49,7 +49,7 @@ def test_readme_commands_are_found() -> None:
     tools = [c.split()[1] for c in readme_training_commands()]
     assert tools == ["tools/check_dataset.py", "tools/train_seg.py", "tools/eval_seg.py", "tools/make_crops.py",
                      "tools/make_crops.py", "tools/make_crops.py", "tools/train_cls.py", "tools/eval_cls.py",
-                     "tools/eval_pipeline.py"]
+                     "tools/eval_pipeline.py", "tools/pack_model.py"]
 
 
 def test_readme_training_workflow_runs_as_written(synthetic_data: dict, tmp_path: Path,
@@ -64,5 +64,5 @@ def test_readme_training_workflow_runs_as_written(synthetic_data: dict, tmp_path
         status = module.main(module.parse_args(_argv(command, paths, tool)))
         assert status in (None, 0) or not isinstance(status, int), (command, status)
     for path in ("runs/seg/best.pt", "runs/seg/val.json", "crops/train/index.csv", "crops/train_pred/index.csv",
-                 "runs/cls/best.pt", "runs/cls/val.json", "runs/pipeline_test.json"):
+                 "runs/cls/best.pt", "runs/cls/val.json", "runs/pipeline_test.json", "runs/cls/packed.pt"):
         assert (tmp_path / path).is_file(), path
