@@ -163,10 +163,15 @@ def classifier_head(model: nn.Module) -> ClassifierHead:
     return heads[0]
 
 
+def _output_layer(model: nn.Module) -> nn.Linear:
+    """The head's last Linear: one output column per attribute value."""
+    return [m for m in classifier_head(model) if isinstance(m, nn.Linear)][-1]
+
+
 def _num_classes(model: nn.Module) -> int:
     if isinstance(model, ClassifierEnsemble):
         return model.num_columns
-    return [m for m in classifier_head(model) if isinstance(m, nn.Linear)][-1].out_features
+    return _output_layer(model).out_features
 
 
 def set_backbone_trainable(model: nn.Module, trainable: bool) -> nn.Module:
@@ -405,8 +410,7 @@ def weight_values(state: dict[str, Any], weights: dict[str, float]) -> dict[str,
         if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w <= 0:
             raise ValueError(f"weight {w!r} for {name}; expected a positive number (1: unchanged)")
     model = Classifier.load(state).model
-    head = next(m for m in model.modules() if isinstance(m, ClassifierHead))
-    last = [m for m in head if isinstance(m, nn.Linear)][-1]
+    last = _output_layer(model)
     key = next(n for n, m in model.named_modules() if m is last) + ".bias"
     bias = state["model"][key].clone()
     shift = torch.zeros(len(columns), dtype=torch.float64)
